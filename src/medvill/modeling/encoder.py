@@ -1,0 +1,221 @@
+"""A BERT-compatible transformer encoder that takes boolean ``(B, S, S)`` masks.
+
+Parameter names match Hugging Face's ``BertModel`` (``encoder.layer.N.attention.self.query``
+...), so a BERT checkpoint's ``model.safetensors`` loads by name.  We own this module
+instead of importing ``transformers`` because its BERT treats boolean 4-D masks as
+additive 0/1 values with eager attention (silently wrong), and because a key/value cache
+for S2S decoding is simple here.
+
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the
+boolean mask, or through the explicit softmax path when attention probabilities are
+requested (attention maps) -- the two agree to float tolerance (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout_p = cfg.attention_probs_dropout_prob
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (B, H, S, Dh)
+        b, s, _ = x.shape
+        return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # (B, S, D)
+        mask: torch.Tensor,  # (B, 1, S, S_total) bool
+        past: KVCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+        q = self._split(self.query(hidden))
+        k = self._split(self.key(hidden))
+        v = self._split(self.value(hidden))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        dropout = self.dropout_p if self.training else 0.0
+        probs = None
+        if output_attentions:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, S, S_total)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            ctx = F.dropout(probs, dropout, self.training) @ v
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        b, _, s, _ = ctx.shape
+        ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+        return ctx, (k, v), probs
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self = BertSelfAttention(cfg)
+        self.output = BertSelfOutput(cfg)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.act = _activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = BertAttention(cfg)
+        self.intermediate = BertIntermediate(cfg)
+        self.output = BertOutput(cfg)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        past: KVCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+        ctx, kv, probs = self.attention.self(hidden, mask, past, output_attentions)
+        attn_out = self.attention.output(ctx, hidden)
+        out = self.output(self.intermediate(attn_out), attn_out)
+        return out, kv, probs
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor  # (B, S, D)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + each layer
+    attentions: tuple[torch.Tensor, ...] | None = None  # each (B, H, S, S_total)
+    past_key_values: tuple[KVCache, ...] | None = None
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # (B, S, D)
+        mask: torch.Tensor,  # (B, S, S_total) or (B, 1, S, S_total) bool
+        past_key_values: tuple[KVCache, ...] | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        if mask.dtype != torch.bool:
+            raise TypeError("the attention mask must be boolean (True = may attend)")
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        mask = ensure_nonempty_rows(mask)
+        all_hidden = [hidden] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+        cache = [] if use_cache else None
+        for i, layer in enumerate(self.layer):
+            past = past_key_values[i] if past_key_values is not None else None
+            hidden, kv, probs = layer(hidden, mask, past, output_attentions)
+            if cache is not None:
+                cache.append(kv)
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            if all_attn is not None:
+                all_attn.append(probs)
+        return EncoderOutput(
+            last_hidden_state=hidden,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attn) if all_attn is not None else None,
+            past_key_values=tuple(cache) if cache is not None else None,
+        )
+
+
+def ensure_nonempty_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Let a query row that may attend nothing (a PAD row) attend its own position.
+
+    Softmax over an all-masked row is undefined (NaN in SDPA); a PAD row attending
+    itself is harmless because no real row ever attends a PAD column.  Only square
+    (no cache) masks have a diagonal; cached rows always see themselves already.
+    """
+    empty = ~mask.any(dim=-1, keepdim=True)  # (B, 1, S, 1)
+    if not bool(empty.any()):
+        return mask
+    s, t = mask.shape[-2:]
+    eye = torch.zeros(s, t, dtype=torch.bool, device=mask.device)
+    eye[torch.arange(s), torch.arange(t - s, t)] = True
+    return mask | (empty & eye)
+
+
+class BertPooler(nn.Module):
+    """BERT's pooler: dense + tanh on a summary token."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(x))
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: normal(0, std) for linear and embedding weights."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

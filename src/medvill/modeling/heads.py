@@ -1,0 +1,110 @@
+"""Task heads on top of :class:`MedViLLModel`, and the pre-training model (MLM + IRM).
+
+Head parameter names follow BERT where BERT has the same head (``mlm_head`` mirrors
+``cls.predictions``), so BERT's MLM head initialises ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import MaskScheme, ModelConfig
+from .encoder import _activation, init_bert_weights
+from .medvill import MedViLLModel, MedViLLOutput
+from .pretrained import PreTrainedModel, register
+
+
+class MLMTransform(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = _activation(cfg.hidden_act)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class MLMHead(nn.Module):
+    """BERT's LM head; the decoder weight is tied to the word embeddings."""
+
+    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = MLMTransform(cfg)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
+        return self.decoder(self.transform(hidden)) + self.bias
+
+
+@dataclass
+class PretrainOutput:
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    irm_loss: torch.Tensor
+    mlm_accuracy: torch.Tensor
+    irm_accuracy: torch.Tensor
+    irm_logits: torch.Tensor  # (B,)
+    scheme: MaskScheme
+    base: MedViLLOutput
+
+
+@register
+class MedViLLForPretraining(PreTrainedModel):
+    """MedViLL with the masked-language-modelling and image-report-matching heads."""
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True):
+        super().__init__(config)
+        self.medvill = MedViLLModel(config, load_pretrained_backbone)
+        self.mlm_head = MLMHead(config, self.medvill.embeddings.word_embeddings)
+        self.irm_head = nn.Linear(config.hidden_size, 1)
+        for module in (self.mlm_head.transform, self.irm_head):
+            module.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def mlm_logits(self, out: MedViLLOutput, positions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Vocabulary logits at the given (row, text index) positions only: (M, V)."""
+        rows, cols = positions
+        hidden = out.last_hidden_state[rows, out.layout.text_start + cols]
+        return self.mlm_head(hidden)
+
+    def forward(
+        self,
+        text_ids: torch.Tensor,  # (B, T)
+        text_valid: torch.Tensor,  # (B, T) bool
+        scheme: MaskScheme,
+        images: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,  # (B, T): token id to predict or -100
+        is_matched: torch.Tensor | None = None,  # (B,) 1 matched pair, 0 mismatched
+        num_visual_sampled: int | None = None,
+        generator: torch.Generator | None = None,
+        visual_features: torch.Tensor | None = None,
+    ) -> PretrainOutput:
+        out = self.medvill(
+            text_ids, text_valid, scheme, images=images, visual_features=visual_features,
+            num_visual_sampled=num_visual_sampled, generator=generator,
+        )
+        zero = out.last_hidden_state.new_zeros(())
+        mlm_loss, mlm_acc = zero, zero
+        if mlm_labels is not None:
+            positions = torch.nonzero(mlm_labels != -100, as_tuple=True)
+            if positions[0].numel():
+                logits = self.mlm_logits(out, positions)  # (M, V)
+                targets = mlm_labels[positions]
+                mlm_loss = F.cross_entropy(logits.float(), targets)
+                mlm_acc = (logits.argmax(-1) == targets).float().mean()
+        irm_logits = self.irm_head(self.medvill.summary(out, text_valid)).squeeze(-1)  # (B,)
+        irm_loss, irm_acc = zero, zero
+        if is_matched is not None:
+            target = is_matched.float()
+            irm_loss = F.binary_cross_entropy_with_logits(irm_logits.float(), target)
+            irm_acc = ((irm_logits > 0).float() == target).float().mean()
+        return PretrainOutput(
+            loss=mlm_loss + irm_loss, mlm_loss=mlm_loss, irm_loss=irm_loss,
+            mlm_accuracy=mlm_acc, irm_accuracy=irm_acc, irm_logits=irm_logits, scheme=out.scheme, base=out,
+        )

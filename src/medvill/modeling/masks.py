@@ -1,0 +1,168 @@
+"""Self-attention masks of the five MedViLL schemes, as pure functions.
+
+The joint sequence is laid out as::
+
+    [CLS] v_1 .. v_k [SEP_V] ([CLS_L]) w_1 .. w_N [SEP_L] [PAD] ...
+    \\_____________ V ______/ \\_____________ T _____________/
+
+V = {CLS, visual tokens, SEP_V}; T = {CLS_L (Non-crossing only), report tokens, SEP_L}.
+A mask is a boolean tensor ``(B, S, S)``: ``mask[b, q, k]`` is True when query row ``q``
+may attend key column ``k``.  PAD columns are always False, and so are PAD rows (a padded
+query has nothing to look at; the encoder lets such rows attend themselves only, so their
+garbage never reaches a real token).
+
+| scheme        | V rows see            | T rows see                                   |
+|---------------|-----------------------|----------------------------------------------|
+| Bi            | V and T               | V and T                                      |
+| S2S           | V only                | V and T at or before themselves (causal)     |
+| BAR           | V and T               | V and T at or before themselves (causal)     |
+| Non-crossing  | V only                | T only (CLS_L summarises the report)         |
+| Bi&S2S        | per batch: S2S with probability ``s2s_prob`` (0.75), otherwise Bi    |
+
+BAR (paper eq. 14) opens every block except T->T, which is causal.  Because V rows see the
+whole report, a later text token *can* reach an earlier one through a visual token from the
+second layer on (layer 1: v_i reads w_late; layer 2: w_early reads v_i).  That is the
+paper's definition and it is kept; generation is fine-tuned with S2S, as in the paper.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..config import MaskScheme
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where each group sits in the joint sequence.
+
+    ``num_visual``: the k visual tokens; ``text_len``: padded length of the text part
+    (report tokens + SEP_L + PAD); ``cls_l``: whether a CLS_L token precedes the report.
+    """
+
+    num_visual: int
+    text_len: int
+    cls_l: bool = False
+
+    @property
+    def cls_index(self) -> int:
+        return 0
+
+    @property
+    def sep_v_index(self) -> int:
+        return self.num_visual + 1
+
+    @property
+    def num_v_group(self) -> int:
+        """Size of V: CLS + k visual tokens + SEP_V."""
+        return self.num_visual + 2
+
+    @property
+    def cls_l_index(self) -> int:
+        if not self.cls_l:
+            raise ValueError("this layout has no CLS_L token")
+        return self.num_v_group
+
+    @property
+    def text_start(self) -> int:
+        """Index of w_1."""
+        return self.num_v_group + int(self.cls_l)
+
+    @property
+    def length(self) -> int:
+        return self.text_start + self.text_len
+
+    def visual_slice(self) -> slice:
+        return slice(1, 1 + self.num_visual)
+
+    def text_slice(self) -> slice:
+        return slice(self.text_start, self.length)
+
+
+def uses_cls_l(scheme: MaskScheme) -> bool:
+    return scheme == MaskScheme.NON_CROSSING
+
+
+def resolve_scheme(scheme: MaskScheme, s2s_prob: float = 0.75, rng: random.Random | None = None) -> MaskScheme:
+    """Turn Bi&S2S into the concrete scheme for one mini-batch; other schemes pass through."""
+    scheme = MaskScheme(scheme)
+    if scheme != MaskScheme.BI_S2S:
+        return scheme
+    draw = (rng or random).random()
+    return MaskScheme.S2S if draw < s2s_prob else MaskScheme.BI
+
+
+def valid_positions(layout: SequenceLayout, text_valid: torch.Tensor) -> torch.Tensor:
+    """``(B, S)`` bool: True for every real (non-PAD) position of the joint sequence."""
+    b = text_valid.shape[0]
+    head = torch.ones(b, layout.text_start, dtype=torch.bool, device=text_valid.device)
+    return torch.cat([head, text_valid.bool()], dim=1)
+
+
+def build_attention_mask(scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor) -> torch.Tensor:
+    """The boolean attention mask ``(B, S, S)`` of a concrete scheme.
+
+    ``text_valid``: ``(B, T)`` bool, True for report tokens and SEP_L, False for PAD; the
+    text part must be left-aligned (padding at the end).  ``layout.cls_l`` must be True for
+    Non-crossing and False otherwise.
+    """
+    scheme = MaskScheme(scheme)
+    if scheme == MaskScheme.BI_S2S:
+        raise ValueError("Bi&S2S is chosen per batch: call resolve_scheme() first")
+    if uses_cls_l(scheme) != layout.cls_l:
+        raise ValueError(f"scheme {scheme.value} {'needs' if uses_cls_l(scheme) else 'has no'} CLS_L token")
+    if text_valid.shape[1] != layout.text_len:
+        raise ValueError(f"text_valid has {text_valid.shape[1]} columns, layout expects {layout.text_len}")
+
+    device = text_valid.device
+    s = layout.length
+    nv = layout.num_v_group
+    is_v = torch.zeros(s, dtype=torch.bool, device=device)
+    is_v[:nv] = True
+    is_t = ~is_v
+    idx = torch.arange(s, device=device)
+    causal = idx[None, :] <= idx[:, None]  # key at or before query
+
+    v_rows_t_cols = is_v[:, None] & is_t[None, :]
+    t_rows_v_cols = is_t[:, None] & is_v[None, :]
+    v_v = is_v[:, None] & is_v[None, :]
+    t_t = is_t[:, None] & is_t[None, :]
+
+    if scheme == MaskScheme.BI:
+        base = torch.ones(s, s, dtype=torch.bool, device=device)
+    elif scheme == MaskScheme.S2S:
+        base = v_v | t_rows_v_cols | (t_t & causal)
+    elif scheme == MaskScheme.BAR:
+        base = v_v | v_rows_t_cols | t_rows_v_cols | (t_t & causal)
+    elif scheme == MaskScheme.NON_CROSSING:
+        base = v_v | t_t
+    else:  # pragma: no cover - exhaustive
+        raise ValueError(f"unknown scheme {scheme}")
+
+    valid = valid_positions(layout, text_valid)  # (B, S)
+    return base[None, :, :] & valid[:, None, :] & valid[:, :, None]
+
+
+def summary_indices(scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor) -> list[torch.Tensor]:
+    """Positions of the tokens whose final states summarise the pair for matching (IRM).
+
+    Under the active scheme the summary must see both modalities: CLS for Bi and BAR;
+    SEP_L for S2S (CLS sees no text there; SEP_L sees every visual token and the whole
+    report); CLS and CLS_L for Non-crossing (each sees one modality; the head combines
+    them).  Returns a list of ``(B,)`` index tensors.
+    """
+    scheme = MaskScheme(scheme)
+    b = text_valid.shape[0]
+    device = text_valid.device
+    cls = torch.zeros(b, dtype=torch.long, device=device)
+    if scheme in (MaskScheme.BI, MaskScheme.BAR):
+        return [cls]
+    if scheme == MaskScheme.S2S:
+        lengths = text_valid.long().sum(dim=1)
+        return [layout.text_start + lengths - 1]  # SEP_L is the last real text token
+    if scheme == MaskScheme.NON_CROSSING:
+        return [cls, torch.full((b,), layout.cls_l_index, dtype=torch.long, device=device)]
+    raise ValueError("Bi&S2S is chosen per batch: call resolve_scheme() first")

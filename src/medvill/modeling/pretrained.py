@@ -1,0 +1,168 @@
+"""Checkpoints as directories: ``config.json`` + ``model.safetensors`` (+ tokenizer files).
+
+Nothing is ever unpickled: weights are safetensors, configuration is JSON, and the class
+to rebuild is looked up by name in a registry of medvill architectures.  Files are written
+to a temporary name and renamed, so an interrupted save never leaves a half-written file
+under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import ConfigError, ModelConfig, dataclass_from_dict
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+ARCHITECTURES: dict[str, type[PreTrainedModel]] = {}
+
+
+def register(cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    ARCHITECTURES[cls.__name__] = cls
+    return cls
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without duplicate storage (tied weights are kept once, under the first name)."""
+    seen: dict[int, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr() if tensor.numel() else id(tensor)
+        if key in seen and tensor.numel():
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+class PreTrainedModel(nn.Module):
+    """Base class of every saveable medvill model.
+
+    Subclasses take ``(config: ModelConfig, load_pretrained_backbone: bool, **head_config)``
+    and return their extra constructor arguments from :meth:`head_config`.
+    """
+
+    architecture_version: ClassVar[int] = 1
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    def head_config(self) -> dict[str, Any]:
+        return {}
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, extra_files: dict[str, str] | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer's files)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": "medvill",
+            "format_version": FORMAT_VERSION,
+            "architecture": type(self).__name__,
+            "model": _model_config_dict(self.config),
+            "head": self.head_config(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors.tmp")
+        os.close(fd)
+        try:
+            save_file(unique_state_dict(self), tmp, metadata={"format": "pt"})
+            os.replace(tmp, directory / WEIGHTS_NAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if tokenizer is not None:
+            tokenizer.save(directory)
+        for name, text in (extra_files or {}).items():
+            atomic_write_text(directory / name, text)
+        # config.json last: its presence marks a complete checkpoint
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> PreTrainedModel:
+        """Rebuild the model saved in ``directory``.  Called on a subclass, the saved
+        architecture must be that class; called on ``PreTrainedModel`` any is accepted."""
+        meta = read_checkpoint_config(directory)
+        arch = meta["architecture"]
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"{directory}/{CONFIG_NAME}: unknown architecture {arch!r}")
+        target = ARCHITECTURES[arch]
+        if cls is not PreTrainedModel and not issubclass(target, cls):
+            raise ConfigError(f"{directory} holds a {arch}, not a {cls.__name__}")
+        config = dataclass_from_dict(ModelConfig, meta["model"], "model.")
+        model = target(config, load_pretrained_backbone=False, **meta.get("head", {}))
+        state = load_file(str(Path(directory) / WEIGHTS_NAME), device=str(map_location))
+        load_state_tied(model, state, source=str(directory))
+        return model
+
+
+def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a medvill checkpoint: {CONFIG_NAME} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if meta.get("format") != "medvill":
+        raise ConfigError(f"{path}: not a medvill checkpoint (format={meta.get('format')!r})")
+    if not (directory / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{directory}: {WEIGHTS_NAME} is missing")
+    return meta
+
+
+def load_state_tied(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that accepts tied weights stored once."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    # a missing key is fine when it shares storage with a key that is present
+    ptr_to_names: dict[int, list[str]] = {}
+    for k, v in own.items():
+        ptr_to_names.setdefault(v.data_ptr(), []).append(k)
+    really_missing = [k for k in missing if not any(n in state for n in ptr_to_names[own[k].data_ptr()] if n != k)]
+    unexpected = [k for k in state if k not in own]
+    if really_missing or unexpected:
+        raise ConfigError(
+            f"{source}: weights do not match the architecture "
+            f"(missing: {really_missing[:5]}{'...' if len(really_missing) > 5 else ''}; "
+            f"unexpected: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ConfigError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,99 @@
+"""From a :class:`RunConfig` to a trained checkpoint: data, tokenizer, model, loop.
+
+The command line and the demo call these functions; so can a notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from .config import ModelConfig, RunConfig
+from .data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from .data.records import Record
+from .data.registry import load_records
+from .modeling.bert_init import bert_model_config, load_bert_weights, resolve_bert_dir
+from .modeling.heads import MedViLLForPretraining
+from .tokenization import MedTokenizer
+from .train.loop import TrainResult, fit
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_NAME = "run_config.yaml"
+
+
+def load_split(cfg: RunConfig, split: str) -> list[Record]:
+    d = cfg.data
+    return load_records(d.dataset, d.root, split, image_size=cfg.model.image_size,
+                        synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed)
+
+
+def build_tokenizer(cfg: RunConfig, texts: list[str], bert_dir: Path | None = None) -> MedTokenizer:
+    """The init checkpoint's vocabulary, a given vocabulary, or one trained on ``texts``."""
+    if bert_dir is not None:
+        return MedTokenizer.from_vocab(bert_dir / "vocab.txt", lowercase=cfg.tokenizer.lowercase)
+    if cfg.tokenizer.vocab:
+        path = Path(cfg.tokenizer.vocab)
+        return MedTokenizer.from_pretrained(path) if path.is_dir() else MedTokenizer.from_vocab(path, cfg.tokenizer.lowercase)
+    return MedTokenizer.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, cfg.tokenizer.lowercase)
+
+
+def model_config_for(cfg: RunConfig, tokenizer: MedTokenizer, bert_dir: Path | None = None) -> ModelConfig:
+    """The run's model config with the tokenizer's ids (and a BERT init's dimensions)."""
+    base = bert_model_config(bert_dir, cfg.model) if bert_dir is not None else cfg.model
+    return dataclasses.replace(
+        base, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id, unk_token_id=tokenizer.unk_id,
+        cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id, mask_token_id=tokenizer.mask_id,
+    )
+
+
+@dataclass
+class PretrainRun:
+    output_dir: Path
+    result: TrainResult
+    model_config: ModelConfig
+    num_train: int
+
+
+def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | None = None) -> PretrainRun:
+    """Pre-train MedViLL (MLM + IRM) and write the checkpoint into ``output_dir``."""
+    console = console or Console()
+    output_dir = Path(output_dir)
+    records = load_split(cfg, cfg.data.train_split)
+    bert_dir = resolve_bert_dir(cfg.init_text) if cfg.init_text else None
+    tokenizer = build_tokenizer(cfg, [r.text for r in records], bert_dir)
+    mcfg = model_config_for(cfg, tokenizer, bert_dir)
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    torch.manual_seed(cfg.train.seed)
+    model = MedViLLForPretraining(mcfg)
+    if bert_dir is not None:
+        report = load_bert_weights(model, bert_dir)
+        console.print(f"initialised {len(report['loaded'])} tensors from {bert_dir}")
+    p = cfg.pretrain
+    dataset = PretrainDataset(
+        records, tokenizer, mcfg.image_size, mcfg.max_text_len,
+        MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac), seed=cfg.train.seed,
+    )
+    loader = DataLoader(
+        dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.train.batch_size,
+        num_workers=cfg.data.num_workers, collate_fn=PretrainCollator(tokenizer.pad_id),
+        generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False,
+    )
+    from .tasks.pretrain import PretrainTask
+
+    def save(model_: torch.nn.Module, directory: Path) -> None:
+        model_.save_pretrained(directory, tokenizer=tokenizer, extra_files={RUN_CONFIG_NAME: cfg.to_yaml()})
+
+    console.print(
+        f"pre-training {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M parameters "
+        f"({mcfg.backbone}, hidden {mcfg.hidden_size} x {mcfg.num_hidden_layers} layers) with mask "
+        f"[bold]{p.mask.value}[/bold] on {len(dataset)} {cfg.data.dataset} pairs for {cfg.train.max_steps} steps"
+    )
+    result = fit(model, PretrainTask(p, cfg.train.seed), loader, cfg.train, output_dir, save, console=console)
+    return PretrainRun(output_dir=output_dir, result=result, model_config=mcfg, num_train=len(dataset))
