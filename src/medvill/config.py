@@ -101,6 +101,9 @@ class ModelConfig:
                 f"model.image_size ({self.image_size}) must be a multiple of the backbone stride "
                 f"({self.backbone_stride})"
             )
+        for name in ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(f"model.{name} ({getattr(self, name)}) lies outside the vocabulary (size {self.vocab_size})")
         if self.max_text_len + 3 > self.max_position_embeddings:
             raise ConfigError(
                 f"model.max_text_len ({self.max_text_len}) + 3 exceeds "

@@ -8,10 +8,12 @@ CLS / SEP_V / SEP_L itself.  Saved as ``vocab.txt`` + ``tokenizer.json`` beside 
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_NAME = "vocab.txt"
@@ -45,16 +47,24 @@ class MedTokenizer:
     def train(
         cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2, lowercase: bool = True
     ) -> MedTokenizer:
-        """Train a WordPiece vocabulary; deterministic for the same texts in the same order."""
-        tok = _configure(Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100)), lowercase)
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
-            continuing_subword_prefix="##",
-            show_progress=False,
+        """Learn a WordPiece vocabulary from ``texts``; the same texts give the same vocabulary.
+
+        ``tokenizers``' own WordPieceTrainer breaks ties between equally frequent merges in
+        hash-map order, so two runs on the same corpus give different vocabularies.  We learn
+        the merges here instead (:func:`learn_wordpiece_vocab`: most frequent pair first, ties
+        broken by the pair's text) and hand the vocabulary to the Rust WordPiece model, which
+        does the actual tokenisation.
+        """
+        normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
         )
-        tok.train_from_iterator(list(texts), trainer=trainer)
+        pre = pre_tokenizers.BertPreTokenizer()
+        words: Counter[str] = Counter()
+        for text in texts:
+            words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+        tokens = learn_wordpiece_vocab(words, vocab_size - len(SPECIAL_TOKENS), min_frequency)
+        vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *tokens])}
+        tok = _configure(Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)), lowercase)
         return cls(tok)
 
     @classmethod
@@ -115,3 +125,65 @@ class MedTokenizer:
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return [self._tok.id_to_token(i) for i in ids]
+
+
+def learn_wordpiece_vocab(word_counts: Counter[str], size: int, min_frequency: int = 2) -> list[str]:
+    """Deterministic WordPiece vocabulary learning by frequency-ranked merges (BPE-style).
+
+    Words start as characters (continuations prefixed ``##``).  The most frequent adjacent
+    pair is merged repeatedly (ties: the smaller ``(left, right)`` pair) until ``size``
+    tokens exist or no pair occurs ``min_frequency`` times.  Returns the alphabet (sorted)
+    followed by the merged tokens in merge order.  Pair counts are updated incrementally,
+    so a corpus with tens of thousands of distinct words takes seconds.
+    """
+    items = sorted(word_counts.items())
+    words = [[w[0]] + ["##" + c for c in w[1:]] for w, _ in items]
+    counts = [c for _, c in items]
+    alphabet = sorted({s for w in words for s in w})
+    vocab = list(alphabet)
+    known = set(vocab)
+    pair_counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+    where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            pair_counts[pair] += counts[i]
+            where[pair].add(i)
+    heap = [(-c, p) for p, c in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocab) < size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -neg:
+            continue  # stale entry
+        if -neg < min_frequency:
+            break
+        left, right = pair
+        merged = left + right[2:]
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            w, c = words[i], counts[i]
+            for p in zip(w, w[1:]):
+                pair_counts[p] -= c
+                changed.add(p)
+            j, out = 0, []
+            while j < len(w):
+                if j + 1 < len(w) and w[j] == left and w[j + 1] == right:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(w[j])
+                    j += 1
+            words[i] = out
+            for p in zip(out, out[1:]):
+                pair_counts[p] += c
+                where[p].add(i)
+                changed.add(p)
+        pair_counts.pop(pair, None)
+        for p in changed:
+            if pair_counts.get(p, 0) > 0:
+                heapq.heappush(heap, (-pair_counts[p], p))
+            else:
+                pair_counts.pop(p, None)
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+    return vocab
