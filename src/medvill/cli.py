@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .config import ConfigError, MaskScheme, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedViLL: vision-language pre-training for chest X-rays and reports.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="MedViLL: vision-language pre-training for chest X-rays and reports.")
 console = Console()
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="synthetic (built-in) | ...")]
