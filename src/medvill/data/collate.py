@@ -113,7 +113,10 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        matched = bool(rng.random() < 0.5)
+        return self.make_item(i, bool(rng.random() < 0.5), rng)
+
+    def make_item(self, i: int, matched: bool, rng: np.random.Generator) -> dict:
+        """Image ``i`` with its own report (``matched``) or a label-aware negative, MLM-masked."""
         j = i if matched else self.negative_index(i, rng)
         ids = self.text_ids[j]
         body, labels = mask_tokens(ids[:-1], rng, self.mlm, self.mask_id, self.candidate_ids)
