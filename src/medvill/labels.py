@@ -34,13 +34,13 @@ VALID_VALUES = (1, 0, -1, None)
 def labels_to_vector(labels: Mapping[str, int | float | None]) -> np.ndarray:
     """Map ``{observation: 1|0|-1|None}`` to a float vector of length 14 (blank = nan).
 
-    Unknown observation names raise ``KeyError`` naming the key.
+    Unknown observation names and invalid values raise ``ValueError`` naming them.
     """
     vec = np.full(NUM_OBSERVATIONS, np.nan, dtype=np.float32)
     index = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
     for name, value in labels.items():
         if name not in index:
-            raise KeyError(f"unknown CheXpert observation {name!r}; expected one of {CHEXPERT_OBSERVATIONS}")
+            raise ValueError(f"unknown CheXpert observation {name!r}; expected one of {CHEXPERT_OBSERVATIONS}")
         if value is None or (isinstance(value, float) and np.isnan(value)):
             continue
         if value not in (1, 0, -1):

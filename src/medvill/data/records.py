@@ -112,7 +112,7 @@ def read_jsonl_records(path: str | Path, split: str | None = None, text_mode: st
                 continue
             try:
                 labels = labels_to_vector(obj.get("labels") or {})
-            except (KeyError, ValueError) as exc:
+            except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
             records.append(Record(
                 id=str(obj.get("id", f"{path.stem}-{lineno}")), image=image, text=text, labels=labels,
