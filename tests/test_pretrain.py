@@ -132,3 +132,14 @@ def test_cli_rejects_a_bad_config_key(tmp_path):
                                       "--set", "train.learning_rate=1"])
     assert result.exit_code == 2
     assert "train.learning_rate" in result.output
+
+
+def test_cli_synth_writes_the_data_set_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "data"
+    args = ["synth", "--output", str(out), "--n", "12", "--image-size", "64", "--seed", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {"train.jsonl", "validate.jsonl", "test.jsonl", "trainset.json", "testset.json", "meta.json"} <= {
+        p.name for p in out.iterdir()}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "already exists" in again.output
