@@ -75,3 +75,17 @@ def test_generation_feeds_back_its_own_tokens_not_a_reference(model, images):
     full = generate(model, images, cfg)
     short = generate(model, images, dataclasses.replace(cfg, max_length=3))
     assert [r[:3] for r in full] == short
+
+
+def test_one_pass_perplexity_equals_n_passes(model, images):
+    from medvill.generation import reference_nll, reference_nll_naive
+
+    ids = torch.randint(5, 40, (3, 7), generator=torch.Generator().manual_seed(2))
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[1, 5:] = False
+    ids[1, 4] = 3  # SEP_L closes the shorter report
+    ids[~valid] = 0
+    fast, n_fast = reference_nll(model, images, ids, valid)
+    slow, n_slow = reference_nll_naive(model, images, ids, valid)
+    assert torch.equal(n_fast, n_slow) and n_fast.tolist() == [7, 5, 7]
+    assert torch.allclose(fast, slow, atol=1e-4), (fast, slow)

@@ -208,3 +208,66 @@ def _beam(model, images, cfg, use_cache) -> list[list[int]]:
                 cands.append((norm(s, tokens.shape[1]), tokens[i * nb + beam].tolist()))
         results.append(max(cands, key=lambda c: c[0])[1] if cands else [])
     return results
+
+
+@torch.no_grad()
+def reference_nll(
+    model: MedViLLForPretraining, images: torch.Tensor, text_ids: torch.Tensor, text_valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative log-likelihood of reference reports, all positions in ONE pass.
+
+    For every position t the model must predict w_t from the image and the real tokens
+    before t, as in decoding.  Instead of N passes (one [MASK] at t each), the sequence holds
+    the real tokens followed by N extra [MASK] queries (UniLMv2's pseudo-masking): query t
+    has position t and sees the visual rows, the real tokens before t and itself; real tokens
+    see the visual rows and the real tokens up to themselves (S2S); nobody sees a query.
+    Returns ``(nll_sum (B,), n_tokens (B,))`` over the valid text tokens (SEP_L included).
+    """
+    base = model.medvill
+    emb = base.embeddings
+    cfg = model.config
+    b, n = text_ids.shape
+    dev = text_ids.device
+    feats = base.encode_image(images)
+    k = feats.shape[1]
+    grid = torch.arange(k, device=dev)[None].expand(b, -1)
+    prefix = torch.cat([
+        emb._special(cfg.cls_token_id, 0, 0, b), emb.visual(feats, grid), emb._special(cfg.sep_token_id, 1, 0, b),
+    ], dim=1)
+    queries = torch.full_like(text_ids, cfg.mask_token_id)
+    x = emb.finish(torch.cat([prefix, emb.text(text_ids), emb.text(queries)], dim=1))  # (B, V + 2N, D)
+    nv = k + 2
+    s = nv + 2 * n
+    valid = text_valid.bool()
+    idx = torch.arange(n, device=dev)
+    mask = torch.zeros(b, s, s, dtype=torch.bool, device=dev)
+    mask[:, :nv, :nv] = True  # V rows see V
+    mask[:, nv:, :nv] = True  # every text row and query sees V
+    real = slice(nv, nv + n)
+    query = slice(nv + n, s)
+    mask[:, real, real] = (idx[None, :] <= idx[:, None])[None] & valid[:, None, :]
+    mask[:, query, real] = (idx[None, :] < idx[:, None])[None] & valid[:, None, :]
+    mask[:, query, query] = torch.eye(n, dtype=torch.bool, device=dev)[None]
+    row_valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), valid, valid], dim=1)
+    mask &= row_valid[:, :, None]
+    hidden = base.encoder(x, mask).last_hidden_state[:, query]  # (B, N, D)
+    logprobs = model.mlm_head(hidden).float().log_softmax(-1)
+    nll = -logprobs.gather(-1, text_ids[..., None]).squeeze(-1) * valid
+    return nll.sum(1), valid.sum(1)
+
+
+@torch.no_grad()
+def reference_nll_naive(
+    model: MedViLLForPretraining, images: torch.Tensor, text_ids: torch.Tensor, text_valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same quantity with one S2S pass per position (the reference for testing)."""
+    base = model.medvill
+    feats = base.encode_image(images)
+    b, n = text_ids.shape
+    nll = torch.zeros(b, device=text_ids.device)
+    for t in range(n):
+        ids = torch.cat([text_ids[:, :t], torch.full((b, 1), model.config.mask_token_id, device=text_ids.device)], 1)
+        out = base(ids, torch.ones_like(ids, dtype=torch.bool), MaskScheme.S2S, visual_features=feats)
+        logprobs = model.mlm_head(out.last_hidden_state[:, -1]).float().log_softmax(-1)
+        nll += -logprobs.gather(-1, text_ids[:, t : t + 1]).squeeze(-1) * text_valid[:, t]
+    return nll, text_valid.sum(1)
