@@ -18,7 +18,7 @@ from .config import ConfigError, MaskScheme, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="MedViLL: vision-language pre-training for chest X-rays and reports.")
 console = Console()
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="synthetic (built-in) | ...")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="synthetic (built-in) | mimic | openi | jsonl | vqa_rad")]
 RootOpt = Annotated[Path | None, typer.Option("--root", help="data set folder; synthetic without a root generates into a cache")]
 PresetOpt = Annotated[str, typer.Option("--preset", help="tiny | small | base (the paper)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML run config")]
@@ -81,6 +81,24 @@ def pretrain(
         raise _fail(exc) from None
     _print_losses(run.result.history)
     console.print(f"checkpoint: {output}")
+
+
+@app.command()
+def label(
+    input: Annotated[Path, typer.Argument(help="CSV with a report column, a .txt file or folder of them, or JSONL")],
+    output: Annotated[Path, typer.Option("--output", help="CSV to write (CheXpert layout: 1 / 0 / -1 / blank)")],
+    text_column: Annotated[str | None, typer.Option("--text-column", help="report column of a CSV")] = None,
+) -> None:
+    """Label reports with the 14 CheXpert observations (pure-Python CheXpert labeler)."""
+    from .labeler.io import label_file
+
+    try:
+        summary = label_file(input, output, text_column=text_column)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    rate = summary.n / summary.seconds if summary.seconds else float("inf")
+    console.print(f"labelled {summary.n} reports ({summary.empty} empty) in {summary.seconds:.2f} s "
+                  f"({rate:.0f} reports/s) -> {output}")
 
 
 @app.command()

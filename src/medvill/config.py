@@ -129,10 +129,17 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    """Which data set to read.  ``synthetic`` with no ``root`` generates into a cache."""
+    """Which data set to read (synthetic | mimic | openi | jsonl | vqa_rad); ``synthetic``
+    with no ``root`` generates into a cache.  ``policy``: a bad row is skipped and counted
+    (``skip``) or stops the run (``error``); ``section``: the report text the model reads
+    (``longer`` of Findings and Impression, as the paper; or findings / impression / both);
+    ``vqa_organ``: ALL or CHEST."""
 
     dataset: str = "synthetic"
     root: str | None = None
+    policy: str = "skip"
+    section: str = "longer"
+    vqa_organ: str = "ALL"
     synthetic_n: int = 2000
     synthetic_seed: int = 0
     num_workers: int = 0
@@ -199,6 +206,12 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         self.model.validate()
+        choices = {"data.policy": (self.data.policy, ("skip", "error")),
+                   "data.section": (self.data.section, ("longer", "findings", "impression", "both")),
+                   "data.vqa_organ": (self.data.vqa_organ, ("ALL", "CHEST"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
         self.train.validate()
         k = self.pretrain.visual_tokens_sampled
         if k is not None and not 1 <= k <= self.model.num_visual_tokens:

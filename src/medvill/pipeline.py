@@ -30,8 +30,8 @@ RUN_CONFIG_NAME = "run_config.yaml"
 
 def load_split(cfg: RunConfig, split: str) -> list[Record]:
     d = cfg.data
-    return load_records(d.dataset, d.root, split, image_size=cfg.model.image_size,
-                        synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed)
+    return load_records(d.dataset, d.root, split, image_size=cfg.model.image_size, synthetic_n=d.synthetic_n,
+                        synthetic_seed=d.synthetic_seed, policy=d.policy, section=d.section)
 
 
 def build_tokenizer(cfg: RunConfig, texts: list[str], bert_dir: Path | None = None) -> MedTokenizer:
