@@ -96,3 +96,21 @@ def test_load_records_errors(tmp_path):
         load_records("synthetic", tmp_path, "dev")
     with pytest.raises(FileNotFoundError, match="medvill synth"):
         load_records("synthetic", tmp_path, "train")
+    with pytest.raises(ValueError, match="needs --root"):
+        load_records("mimic", None, "train")
+    with pytest.raises(ValueError, match="VQA task"):
+        load_records("vqa_rad", tmp_path, "train")
+
+
+def test_registry_reads_own_jsonl_and_synthetic_questions(tmp_path, image, synthetic_root):
+    from medvill.data.registry import load_vqa
+
+    write_jsonl(tmp_path / "mine.jsonl", [
+        {"id": f"x{i}", "image": "a.png", "text": "Small left pleural effusion.", "split": "train"} for i in range(3)
+    ])
+    records = load_records("jsonl", tmp_path / "mine.jsonl", "train")
+    assert len(records) == 3 and records[0].labels[10] == 1  # labelled by the labeler
+    items = load_vqa("synthetic", synthetic_root, "test")
+    assert items and all(it.image.is_file() and it.answer_type in ("CLOSED", "OPEN") for it in items)
+    with pytest.raises(ValueError, match="no questions"):
+        load_vqa("mimic", tmp_path, "train")
