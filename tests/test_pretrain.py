@@ -143,3 +143,21 @@ def test_cli_synth_writes_the_data_set_and_refuses_to_overwrite(tmp_path):
         p.name for p in out.iterdir()}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_cli_prepare_then_pretrain_from_the_cache(synthetic_root, tmp_path):
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["prepare", "--dataset", "synthetic", "--root", str(synthetic_root),
+                                      "--output", str(cache), "--image-size", "64", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert (cache / "prepare.json").is_file() and "160 written" in " ".join(result.output.split())
+    again = CliRunner().invoke(app, ["prepare", "--dataset", "synthetic", "--root", str(synthetic_root),
+                                     "--output", str(cache), "--image-size", "64", "--workers", "1"])
+    assert again.exit_code == 0 and "160 reused" in " ".join(again.output.split())
+    out = tmp_path / "ckpt"
+    result = CliRunner().invoke(app, ["pretrain", "--root", str(cache), "--preset", "tiny", "--max-steps", "2",
+                                      "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file()
+    bad = CliRunner().invoke(app, ["prepare", "--dataset", "mimic", "--output", str(tmp_path / "m")])
+    assert bad.exit_code == 2 and "--root" in bad.output

@@ -84,6 +84,37 @@ def pretrain(
 
 
 @app.command()
+def prepare(
+    output: Annotated[Path, typer.Option("--output", help="cache folder to write (resumable)")],
+    dataset: DatasetOpt = "synthetic",
+    root: RootOpt = None,
+    image_size: Annotated[int, typer.Option("--image-size", help="side of the cached images (paper: 512)")] = 512,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes (default: all CPUs)")] = None,
+    policy: Annotated[str, typer.Option("--policy", help="skip | error: what a bad image or row does")] = "skip",
+    window: Annotated[str, typer.Option("--window", help="DICOM VOI handling: auto | none")] = "auto",
+    crop: Annotated[bool, typer.Option("--crop/--no-crop", help="cut uniform margins (paper: yes)")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a cache made with other settings")] = False,
+) -> None:
+    """Crop, resize and cache a data set's images once; training then reads the cache (--root CACHE)."""
+    from .data.prepare import prepare_cache
+    from .data.registry import SPLITS, load_records
+    from .data.transforms import Preprocess
+
+    _setup_logging()
+    try:
+        if dataset == "vqa_rad":
+            raise ValueError("prepare reads image-report data sets (synthetic, mimic, openi, jsonl); VQA-RAD's "
+                             "315 images are read directly")
+        records = [r for split in SPLITS for r in load_records(dataset, root, split, image_size=image_size,
+                                                                  policy=policy)]
+        summary = prepare_cache(records, output, Preprocess(image_size=image_size, crop_margins=crop, window=window),
+                                workers=workers, policy=policy, overwrite=overwrite, source=f"{dataset} at {root}")
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    console.print(summary.describe())
+
+
+@app.command()
 def label(
     input: Annotated[Path, typer.Argument(help="CSV with a report column, a .txt file or folder of them, or JSONL")],
     output: Annotated[Path, typer.Option("--output", help="CSV to write (CheXpert layout: 1 / 0 / -1 / blank)")],

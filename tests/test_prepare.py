@@ -1,0 +1,160 @@
+"""The prepared-image cache: parallel, resumable, skips or errors, exact round trip."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medvill.data.prepare import (
+    INFO,
+    MANIFEST,
+    PrepareSettingsError,
+    load_prepared,
+    prepare_cache,
+    safe_names,
+)
+from medvill.data.records import Record, read_jsonl_records
+from medvill.data.transforms import Preprocess, load_image, to_tensor
+from medvill.labels import NUM_OBSERVATIONS
+
+PRE = Preprocess(image_size=32)
+
+
+def make_records(root, n=8):
+    """n records with small images of different formats, aspects and frames, and awkward ids."""
+    rng = np.random.default_rng(1)
+    ids = ["p10/s1 study", "A", "a", "plain-id.1", "über", "CON", "x" * 150, "plain-id.1"]
+    records = []
+    for i in range(n):
+        h, w = (60, 40) if i % 2 else (40, 70)
+        img = rng.uniform(0.1, 0.9, (h, w))
+        img = np.pad(img, 6) if i % 3 == 0 else img  # some with a black frame
+        if i % 4 == 1:
+            path = root / f"img{i}.png"
+            Image.fromarray(np.rint(img * 4095).astype(np.uint16)).save(path)  # 12-bit in 16
+        elif i % 4 == 2:
+            path = root / f"img{i}.jpg"
+            Image.fromarray(np.rint(img * 255).astype(np.uint8), mode="L").save(path, quality=95)
+        else:
+            path = root / f"img{i}.png"
+            Image.fromarray(np.rint(img * 255).astype(np.uint8), mode="L").save(path)
+        labels = np.full(NUM_OBSERVATIONS, np.nan, dtype=np.float32)
+        labels[i % NUM_OBSERVATIONS] = 1.0
+        labels[(i + 3) % NUM_OBSERVATIONS] = -1.0 if i % 2 else 0.0
+        records.append(Record(id=ids[i % len(ids)], image=path, text=f"  report {i}. ", labels=labels,
+                              split=("train", "validate", "test")[i % 3], findings=f"f{i}" if i % 2 else "",
+                              impression=f"imp {i}"))
+    return records
+
+
+def assert_same_records(loaded, records, output):
+    assert len(loaded) == len(records)
+    for got, want in zip(loaded, records):
+        assert (got.id, got.text, got.split, got.findings, got.impression) == \
+            (want.id, want.text, want.split, want.findings, want.impression)
+        assert np.array_equal(got.labels, want.labels, equal_nan=True) and got.labels.dtype == np.float32
+        assert got.image.is_file() and got.image.parent == (output / "images").absolute()
+
+
+@pytest.fixture
+def records(tmp_path):
+    (tmp_path / "src").mkdir()
+    return make_records(tmp_path / "src")
+
+
+def test_prepare_in_process_and_parallel_agree(tmp_path, records):
+    s1 = prepare_cache(records, tmp_path / "c1", PRE, workers=1, progress=False)
+    s2 = prepare_cache(records, tmp_path / "c2", PRE, workers=2, progress=False, chunksize=3)
+    for s in (s1, s2):
+        assert (s.n_total, s.n_written, s.n_reused, s.n_skipped, s.skipped) == (8, 8, 0, 0, [])
+        assert s.seconds > 0 and s.images_per_second > 0
+    loaded = load_prepared(tmp_path / "c1")
+    assert_same_records(loaded, records, tmp_path / "c1")
+    names = sorted(p.name for p in (tmp_path / "c1" / "images").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "c2" / "images").iterdir()) and len(names) == 8
+    for name in names:  # same pixels whatever the worker count
+        a = np.asarray(Image.open(tmp_path / "c1" / "images" / name))
+        assert a.shape == (32, 32) and np.array_equal(a, np.asarray(Image.open(tmp_path / "c2" / "images" / name)))
+    # one code path: the cached pixels are what Preprocess gives, and load_image does not crop again
+    for record, cached in zip(records, loaded):
+        assert np.array_equal(np.asarray(Image.open(cached.image)), np.asarray(PRE(record.image)))
+        assert load_image(cached.image, 32).equal(to_tensor(Image.open(cached.image)))
+    assert [r.id for r in load_prepared(tmp_path / "c1", split="test")] == [r.id for r in records if r.split == "test"]
+    info = json.loads((tmp_path / "c1" / INFO).read_text())
+    assert info["status"] == "complete" and info["settings"] == PRE.settings() and info["counts"]["written"] == 8
+    assert "records under" in info["source"]
+    # the manifest is also plain medvill JSONL
+    assert [r.id for r in read_jsonl_records(tmp_path / "c1" / MANIFEST)] == [r.id for r in records]
+
+
+def test_resume_after_partial_run(tmp_path, records):
+    out = tmp_path / "cache"
+    first = prepare_cache(records[:4], out, PRE, workers=1, progress=False)
+    assert first.n_written == 4
+    (out / "images" / ".half-written.png.tmp-123").write_bytes(b"partial")  # as left by a kill
+    info = json.loads((out / INFO).read_text())
+    (out / INFO).write_text(json.dumps({**info, "status": "incomplete"}))
+    with pytest.raises(ValueError, match="unfinished"):
+        load_prepared(out)
+    second = prepare_cache(records, out, PRE, workers=2, progress=False, chunksize=2)
+    assert (second.n_reused, second.n_written, second.n_skipped) == (4, 4, 0)
+    assert not list((out / "images").glob(".*tmp*"))
+    assert_same_records(load_prepared(out), records, out)
+    third = prepare_cache(records, out, PRE, workers=1, progress=False)
+    assert (third.n_reused, third.n_written) == (8, 0) and third.images_per_second == 0
+
+
+def test_corrupt_and_missing_images_skip_or_error(tmp_path, records, caplog):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not an image")
+    broken = records[:3] + [Record(id="bad", image=tmp_path / "bad.png", text="t"),
+                            Record(id="gone", image=tmp_path / "gone.png", text="t")] + records[3:5]
+    with caplog.at_level(logging.WARNING, logger="medvill.data.prepare"):
+        s = prepare_cache(broken, tmp_path / "skip", PRE, workers=2, progress=False, chunksize=2)
+    assert (s.n_written, s.n_skipped) == (5, 2) and [rid for rid, _ in s.skipped] == ["bad", "gone"]
+    assert "bad.png" in s.skipped[0][1] and "gone.png" in s.skipped[1][1]
+    assert any("skipped 2 of 7" in r.getMessage() and "bad.png" in r.getMessage() for r in caplog.records)
+    assert [r.id for r in load_prepared(tmp_path / "skip")] == [r.id for r in records[:5]]
+    assert json.loads((tmp_path / "skip" / INFO).read_text())["skipped"][0]["id"] == "bad"
+    with pytest.raises(ValueError, match="bad.png"):
+        prepare_cache(broken, tmp_path / "err", PRE, workers=1, policy="error", progress=False)
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        prepare_cache(broken[4:], tmp_path / "err2", PRE, workers=2, policy="error", progress=False, chunksize=1)
+
+
+def test_intensity_warnings_reach_the_summary_and_the_log(tmp_path, records, caplog):
+    Image.fromarray(np.full((40, 40), 90, np.uint8), mode="L").save(tmp_path / "blank.png")
+    batch = records[:2] + [Record(id="blank", image=tmp_path / "blank.png", text="t")]
+    with caplog.at_level(logging.WARNING, logger="medvill.data.transforms"):
+        s = prepare_cache(batch, tmp_path / "c", PRE, workers=2, progress=False, chunksize=1)
+    assert s.n_written == 3 and [rid for rid, _ in s.warned] == ["blank"] and "nearly constant" in s.warned[0][1]
+    assert sum("blank.png" in r.getMessage() for r in caplog.records) == 1  # logged by the parent, once
+    again = prepare_cache(batch, tmp_path / "c", PRE, workers=1, progress=False)
+    assert again.n_reused == 3 and [rid for rid, _ in again.warned] == ["blank"]  # kept in the PNG marker
+
+
+def test_settings_mismatch_and_foreign_folders(tmp_path, records):
+    out = tmp_path / "cache"
+    prepare_cache(records[:2], out, PRE, workers=1, progress=False)
+    with pytest.raises(PrepareSettingsError, match=r"image_size 32 -> 48.*another output folder.*--overwrite"):
+        prepare_cache(records[:2], out, Preprocess(image_size=48), workers=1, progress=False)
+    s = prepare_cache(records[:2], out, Preprocess(image_size=48), workers=1, progress=False, overwrite=True)
+    assert s.n_written == 2 and np.asarray(Image.open(load_prepared(out)[0].image)).shape == (48, 48)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(PrepareSettingsError, match="not a medvill prepared-image cache"):
+        prepare_cache(records[:2], tmp_path / "mine", PRE, workers=1, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="policy"):
+        prepare_cache(records[:2], tmp_path / "x", PRE, policy="ignore")
+
+
+def test_safe_names_are_unique_and_safe():
+    ids = ["p10/s1 study", "A", "a", "ok-1.2", "ok-1.2", "CON", "..", "", "x" * 150]
+    names = safe_names(ids)
+    assert names[1] == "A" and names[3] == "ok-1.2"
+    assert len({n.lower() for n in names}) == len(ids)
+    assert all(n and "/" not in n and " " not in n and len(n) <= 100 and not n.startswith(".") for n in names)
+    assert names == safe_names(ids)  # deterministic
