@@ -108,3 +108,95 @@ class MedViLLForPretraining(PreTrainedModel):
             loss=mlm_loss + irm_loss, mlm_loss=mlm_loss, irm_loss=irm_loss,
             mlm_accuracy=mlm_acc, irm_accuracy=irm_acc, irm_logits=irm_logits, scheme=out.scheme, base=out,
         )
+
+
+# ----------------------------------------------------------------------------- downstream tasks
+
+
+@dataclass
+class TaskOutput:
+    logits: torch.Tensor  # (B, L) classification / VQA, or (B,) matching
+    base: MedViLLOutput
+
+
+class _PooledTaskModel(PreTrainedModel):
+    """Base model + a head on the pooled summary token (CLS under Bi; paper section IV).
+
+    Fine-tuning for understanding tasks uses the bidirectional mask and all K visual tokens.
+    """
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True):
+        super().__init__(config)
+        self.medvill = MedViLLModel(config, load_pretrained_backbone)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def pooled(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI):
+        out = self.medvill(text_ids, text_valid, scheme, images=images, visual_features=visual_features)
+        return self.dropout(self.medvill.summary(out, text_valid)), out
+
+
+@register
+class MedViLLForClassification(_PooledTaskModel):
+    """Multi-label diagnosis classification: one logit per CheXpert observation on CLS."""
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, num_labels: int = 14):
+        super().__init__(config, load_pretrained_backbone)
+        self.num_labels = num_labels
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def head_config(self) -> dict:
+        return {"num_labels": self.num_labels}
+
+    def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
+        pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
+        return TaskOutput(self.classifier(pooled), out)
+
+
+@register
+class MedViLLForRetrieval(_PooledTaskModel):
+    """Image-report matching score on CLS (initialised from the pre-training IRM head)."""
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True):
+        super().__init__(config, load_pretrained_backbone)
+        self.irm_head = nn.Linear(config.hidden_size, 1)
+        self.irm_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
+        pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
+        return TaskOutput(self.irm_head(pooled).squeeze(-1), out)
+
+
+@register
+class MedViLLForVQA(_PooledTaskModel):
+    """Answer classification over the training answer vocabulary, on CLS (image + question)."""
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, num_answers: int = 2):
+        super().__init__(config, load_pretrained_backbone)
+        self.num_answers = num_answers
+        d = config.hidden_size
+        self.answer_head = nn.Sequential(
+            nn.Linear(d, 2 * d), nn.GELU(), nn.LayerNorm(2 * d, eps=config.layer_norm_eps), nn.Linear(2 * d, num_answers)
+        )
+        self.answer_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def head_config(self) -> dict:
+        return {"num_answers": self.num_answers}
+
+    def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
+        pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
+        return TaskOutput(self.answer_head(pooled), out)
+
+
+def init_from_pretraining(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy a pre-training checkpoint's weights into a task model by name: the shared
+    ``medvill.*`` trunk always; ``irm_head`` / ``mlm_head`` where the task model has them.
+    Returns the task model's keys that were NOT initialised (its new head)."""
+    own = model.state_dict()
+    picked = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing_trunk = [k for k in own if k.startswith("medvill.") and k not in picked]
+    if missing_trunk:
+        raise ValueError(f"the checkpoint lacks trunk weights such as {missing_trunk[:3]}; is it a medvill checkpoint "
+                         "with the same architecture?")
+    model.load_state_dict(picked, strict=False)
+    return [k for k in own if k not in picked]
