@@ -84,6 +84,71 @@ def pretrain(
 
 
 @app.command()
+def finetune(
+    task: Annotated[str, typer.Argument(help="classification (retrieval | vqa | generation: see the open issues)")],
+    output: Annotated[Path, typer.Option("--output", help="checkpoint folder (the model best on validation)")],
+    init: Annotated[str, typer.Option("--init", help="pre-training checkpoint folder, or 'scratch'")] = "scratch",
+    dataset: DatasetOpt = "synthetic",
+    root: RootOpt = None,
+    preset: PresetOpt = "base",
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a downstream task; the model is selected on the validation split."""
+    from .finetune import run_finetuning
+
+    _setup_logging()
+    extra: dict[str, Any] = {"data": {"dataset": dataset}}
+    if root is not None:
+        extra["data"]["root"] = str(root)
+    if max_steps is not None:
+        extra["train"] = {"max_steps": max_steps}
+    try:
+        cfg = load_config(preset, config, set_ or [], extra)
+        run = run_finetuning(task, cfg, init, output, console=console)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise _fail(exc) from None
+    sel = run.result.selection or {}
+    console.print(f"best validation {sel.get('metric')}: {sel.get('best'):.4f} at step {sel.get('best_step')}; "
+                  f"checkpoint: {output}")
+
+
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Argument(help="classification")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="fine-tuned checkpoint folder")],
+    output: Annotated[Path, typer.Option("--output", help="folder for metrics.json")],
+    dataset: DatasetOpt = "synthetic",
+    root: RootOpt = None,
+    split: Annotated[str, typer.Option("--split")] = "test",
+    n_bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples (paper: 30)")] = 30,
+    preset: PresetOpt = "base",
+    set_: SetOpt = None,
+) -> None:
+    """Score a checkpoint with the paper's protocol: mean (std) over bootstrap resamples."""
+    from .finetune import run_evaluation
+
+    _setup_logging()
+    extra: dict[str, Any] = {"data": {"dataset": dataset}}
+    if root is not None:
+        extra["data"]["root"] = str(root)
+    try:
+        cfg = load_config(preset, None, set_ or [], extra)
+        metrics = run_evaluation(task, checkpoint, cfg, split=split, n_bootstrap=n_bootstrap)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise _fail(exc) from None
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    table = Table(title=f"{task} on {dataset} {split} ({n_bootstrap} bootstrap resamples)")
+    for col in ("metric", "mean", "std"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['mean']:.4f}", f"{m['std']:.4f}")
+    console.print(table)
+
+
+@app.command()
 def prepare(
     output: Annotated[Path, typer.Option("--output", help="cache folder to write (resumable)")],
     dataset: DatasetOpt = "synthetic",

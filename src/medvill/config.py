@@ -175,6 +175,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     save_every: int = 0  # 0 = only at the end
+    eval_every: int = 0  # fine-tuning: validate every N steps (0 = once, at the end)
+    early_stopping_patience: int = 0  # stop after N validations without improvement (0 = off)
     mixed_precision: str = "no"  # no | fp16 | bf16
     cpu: bool = False  # force the CPU even where a GPU exists
     progress: bool = True

@@ -38,6 +38,7 @@ class TrainResult:
     steps: int
     wall_time: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per log interval
+    selection: dict[str, Any] | None = None  # model selection on the validation split
 
     def first(self, key: str) -> float | None:
         vals = [h[key] for h in self.history if key in h]
@@ -113,12 +114,20 @@ def fit(
     save_fn: Callable[[nn.Module, Path], None],
     accelerator: Accelerator | None = None,
     console: Console | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    select_metric: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` for ``cfg.max_steps`` optimiser steps, then save.
 
     Every ``cfg.log_every`` steps the running means of the task's metrics are appended to
     ``output_dir/metrics.jsonl`` and printed; ``save_fn(unwrapped_model, dir)`` writes the
     checkpoint at the end (and every ``cfg.save_every`` steps into ``step-N/``).
+
+    Model selection: with ``evaluate`` (a function of the unwrapped model returning
+    validation metrics; never the test split) the model is validated every
+    ``cfg.eval_every`` steps and at the end, ``output_dir`` holds the checkpoint with the
+    best ``select_metric`` (higher is better), ``selection.json`` records it, and
+    ``cfg.early_stopping_patience`` validations without improvement stop training.
     """
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(cfg)
@@ -134,6 +143,8 @@ def fit(
     result = TrainResult(steps=0, wall_time=0.0)
     start = time.perf_counter()
 
+    if evaluate is not None and select_metric is None:
+        raise ValueError("model selection needs select_metric")
     if cfg.max_steps == 0:
         if main:
             save_fn(accelerator.unwrap_model(model), output_dir)
@@ -143,6 +154,30 @@ def fit(
     sums: dict[str, float] = defaultdict(float)
     count = 0
     step = 0
+    best: dict[str, Any] = {"value": -math.inf, "step": None, "evaluations": []}
+    stale = 0
+
+    def validate() -> bool:
+        """Run ``evaluate``; save on improvement; return True when patience is exhausted."""
+        nonlocal stale
+        metrics = evaluate(accelerator.unwrap_model(model))
+        model.train()
+        value = metrics[select_metric]
+        best["evaluations"].append({"step": step, **metrics})
+        if main:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps({"step": step, "split": "validate", **metrics}) + "\n")
+            console.print(f"validate step {step}: {select_metric} {value:.4f} (best {max(best['value'], value):.4f})")
+        if value > best["value"]:
+            best.update(value=value, step=step)
+            stale = 0
+            accelerator.wait_for_everyone()
+            if main:
+                save_fn(accelerator.unwrap_model(model), output_dir)
+        else:
+            stale += 1
+        return bool(cfg.early_stopping_patience and stale >= cfg.early_stopping_patience)
+
     model.train()
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -186,13 +221,26 @@ def fit(
                     if not cfg.progress or not console.is_terminal:
                         console.print(f"step {step:>6}/{cfg.max_steps}  {info}  lr {entry['lr']:.2e}")
             progress.advance(bar)
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                if validate():
+                    console.print(f"early stopping at step {step}: no improvement in "
+                                  f"{cfg.early_stopping_patience} validations")
+                    break
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 accelerator.wait_for_everyone()
                 if main:
                     save_fn(accelerator.unwrap_model(model), output_dir / f"step-{step}")
     accelerator.wait_for_everyone()
-    if main:
-        save_fn(accelerator.unwrap_model(model), output_dir)
+    if evaluate is None:
+        if main:
+            save_fn(accelerator.unwrap_model(model), output_dir)
+    else:
+        if not best["evaluations"] or best["evaluations"][-1]["step"] != step:
+            validate()
+        result.selection = {"metric": select_metric, "best": best["value"], "best_step": best["step"],
+                            "evaluations": best["evaluations"]}
+        if main:
+            (output_dir / "selection.json").write_text(json.dumps(result.selection, indent=2) + "\n")
     result.steps = step
     result.wall_time = time.perf_counter() - start
     return result

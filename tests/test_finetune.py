@@ -1,0 +1,65 @@
+"""Fine-tuning through the one loop: validation-based selection, evaluation protocol."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from medvill.cli import app
+from medvill.config import ConfigError, load_config
+from medvill.finetune import run_evaluation, run_finetuning
+from medvill.modeling.heads import MedViLLForClassification, MedViLLForPretraining
+from medvill.pipeline import run_pretraining
+
+
+def cfg_for(root, steps, *extra):
+    return load_config("tiny", None, [f"data.root={root}", f"train.max_steps={steps}", "train.progress=false",
+                                      "train.eval_every=4", "train.log_every=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def pretrained(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pt") / "ckpt"
+    run_pretraining(cfg_for(synthetic_root, 4), out)
+    return out
+
+
+def test_finetune_from_pretraining_selects_on_validation(synthetic_root, pretrained, tmp_path):
+    out = tmp_path / "cls"
+    run = run_finetuning("classification", cfg_for(synthetic_root, 8), str(pretrained), out)
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["metric"] == "auroc_micro" and [e["step"] for e in sel["evaluations"]] == [4, 8]
+    assert sel["best"] == max(e["auroc_micro"] for e in sel["evaluations"]) == run.result.selection["best"]
+    model = MedViLLForClassification.from_pretrained(out)
+    # the trunk started from the pre-training checkpoint, so the word embeddings share its vocabulary size
+    assert model.config.vocab_size == MedViLLForPretraining.from_pretrained(pretrained).config.vocab_size
+    assert json.loads((out / "finetune.json").read_text()) == {"task": "classification", "init": str(pretrained)}
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {e.get("split") for e in log} == {None, "validate"}
+
+
+def test_selection_never_uses_test(synthetic_root, tmp_path):
+    with pytest.raises(ConfigError, match="test split"):
+        run_finetuning("classification", cfg_for(synthetic_root, 2, "data.eval_split=test"), "scratch", tmp_path / "x")
+
+
+def test_early_stopping(synthetic_root, tmp_path):
+    cfg = cfg_for(synthetic_root, 40, "train.eval_every=2", "train.early_stopping_patience=1", "train.lr=0.0")
+    run = run_finetuning("classification", cfg, "scratch", tmp_path / "es")
+    assert run.result.steps < 40  # lr 0: the metric never improves after the first validation
+
+
+def test_evaluate_bootstrap_and_cli(synthetic_root, pretrained, tmp_path):
+    out = tmp_path / "cls"
+    run_finetuning("classification", cfg_for(synthetic_root, 4), str(pretrained), out)
+    metrics = run_evaluation("classification", out, cfg_for(synthetic_root, 0), split="test", n_bootstrap=30)
+    for name in ("auroc_micro", "f1_micro"):
+        assert metrics[name]["n"] == 30 and len(metrics[name]["values"]) == 30 and metrics[name]["std"] >= 0
+    result = CliRunner().invoke(app, ["evaluate", "classification", "--checkpoint", str(out), "--root",
+                                      str(synthetic_root), "--preset", "tiny", "--output", str(tmp_path / "ev"),
+                                      "--bootstrap", "5"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["auroc_micro"]["n"] == 5 and set(saved["auroc_micro"]) >= {"mean", "std", "n"}
