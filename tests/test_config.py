@@ -54,3 +54,13 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         load_config("tiny", path)
     with pytest.raises(ConfigError, match="not found"):
         load_config("tiny", tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_config("base", path)
+        assert cfg.preset in ("small", "base")
