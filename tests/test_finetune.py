@@ -63,3 +63,19 @@ def test_evaluate_bootstrap_and_cli(synthetic_root, pretrained, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["auroc_micro"]["n"] == 5 and set(saved["auroc_micro"]) >= {"mean", "std", "n"}
+
+
+def test_vqa_finetune_and_evaluate(synthetic_root, pretrained, tmp_path):
+    from medvill.modeling.heads import MedViLLForVQA
+
+    out = tmp_path / "vqa"
+    run = run_finetuning("vqa", cfg_for(synthetic_root, 8), str(pretrained), out)
+    answers = json.loads((out / "answers.json").read_text())
+    model = MedViLLForVQA.from_pretrained(out)
+    assert model.num_answers == len(answers) and "yes" in answers and "no" in answers
+    assert run.result.selection["metric"] == "accuracy"
+    metrics = run_evaluation("vqa", out, cfg_for(synthetic_root, 0), split="test", n_bootstrap=5)
+    assert {"accuracy", "closed_accuracy", "open_accuracy"} <= set(metrics)
+    assert 0.0 <= metrics["closed_accuracy"]["mean"] <= 1.0
+    with pytest.raises(FileNotFoundError, match="answers.json"):
+        run_evaluation("vqa", pretrained, cfg_for(synthetic_root, 0))

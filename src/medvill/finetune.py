@@ -6,7 +6,7 @@ Fine-tuning Only baseline: same architecture, no pre-training).  The model is se
 the validation split, never on test.  ``run_evaluation`` scores a checkpoint on a split with
 the paper's protocol (bootstrap resamples of the predictions; mean and std per metric).
 
-Tasks available so far: classification.  (Retrieval, VQA and generation plug in the same way.)
+Tasks available so far: classification and VQA.  (Retrieval and generation plug in the same way.)
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, ModelConfig, RunConfig, dataclass_from_dict
 from .data.task_data import ImageTextCollator, ImageTextDataset
 from .metrics import bootstrap
-from .modeling.heads import MedViLLForClassification, init_from_pretraining
+from .data.registry import load_vqa
+from .modeling.heads import MedViLLForClassification, MedViLLForVQA, init_from_pretraining
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
 from .tasks.classification import ClassificationTask, binary_targets
+from .tasks.vqa import VQATask
 from .tokenization import MedTokenizer
 from .train.loop import TrainResult, fit
 
-TASKS = ("classification",)
+TASKS = ("classification", "vqa")
 
 
 @dataclass
@@ -43,17 +45,35 @@ class FinetuneRun:
     init: str
 
 
-def _task(name: str):
+def _task(name: str, checkpoint: str | Path | None = None):
+    """The task object and its model class; a VQA task restores its answers from a checkpoint."""
     if name == "classification":
         return ClassificationTask(), MedViLLForClassification
+    if name == "vqa":
+        return (VQATask.from_checkpoint(checkpoint) if checkpoint else VQATask()), MedViLLForVQA
     raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
 
 
-def _dataset(task: str, records, tokenizer: MedTokenizer, mcfg: ModelConfig) -> ImageTextDataset:
-    if task == "classification":
-        return ImageTextDataset([r.image for r in records], [r.text for r in records], binary_targets(records),
-                                tokenizer, mcfg.image_size, mcfg.max_text_len)
-    raise ConfigError(f"unknown task {task!r}")
+def _examples(task: str, cfg: RunConfig, split: str) -> list:
+    if task == "vqa":
+        d = cfg.data
+        return load_vqa(d.dataset, d.root, split, organ=d.vqa_organ, image_size=cfg.model.image_size,
+                        synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy)
+    return load_split(cfg, split)
+
+
+def _dataset(task, examples, tokenizer: MedTokenizer, mcfg: ModelConfig) -> ImageTextDataset:
+    if isinstance(task, VQATask):
+        return ImageTextDataset([it.image for it in examples], [it.question for it in examples],
+                                task.targets(examples), tokenizer, mcfg.image_size, mcfg.max_text_len)
+    return ImageTextDataset([r.image for r in examples], [r.text for r in examples], binary_targets(examples),
+                            tokenizer, mcfg.image_size, mcfg.max_text_len)
+
+
+def _metrics(task, preds: np.ndarray, targets: np.ndarray, examples: list) -> dict[str, float]:
+    if isinstance(task, VQATask):
+        return task.metrics(preds, targets, examples)
+    return task.metrics(preds, targets)
 
 
 def _loader(ds, cfg: RunConfig, tokenizer: MedTokenizer, train: bool) -> DataLoader:
@@ -69,35 +89,43 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
     console = console or Console()
     output_dir = Path(output_dir)
     task, model_cls = _task(task_name)
-    train_records = load_split(cfg, cfg.data.train_split)
-    val_records = load_split(cfg, cfg.data.eval_split)
     if cfg.data.eval_split == "test":
         raise ConfigError("data.eval_split=test: model selection must not look at the test split")
+    train_records = _examples(task_name, cfg, cfg.data.train_split)
+    val_records = _examples(task_name, cfg, cfg.data.eval_split)
+    head: dict[str, Any] = {}
+    if isinstance(task, VQATask):
+        task.fit_vocab(train_records)
+        head = {"num_answers": len(task.answers)}
     if init == "scratch":
-        tokenizer = build_tokenizer(cfg, [r.text for r in train_records])
+        texts = [getattr(r, "text", None) or getattr(r, "question", "") for r in train_records]
+        tokenizer = build_tokenizer(cfg, texts)
         mcfg = model_config_for(cfg, tokenizer)
         torch.manual_seed(cfg.train.seed)
-        model = model_cls(mcfg)
+        model = model_cls(mcfg, **head)
     else:
         meta = read_checkpoint_config(init)
         tokenizer = MedTokenizer.from_pretrained(init)
         mcfg = dataclass_from_dict(ModelConfig, meta["model"], "model.")
         torch.manual_seed(cfg.train.seed)
-        model = model_cls(mcfg, load_pretrained_backbone=False)
+        model = model_cls(mcfg, load_pretrained_backbone=False, **head)
         fresh = init_from_pretraining(model, load_file(str(Path(init) / "model.safetensors")))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    train_loader = _loader(_dataset(task_name, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
-    val_loader = _loader(_dataset(task_name, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
+    train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
+    val_loader = _loader(_dataset(task, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return task.metrics(*task.predict(m, val_loader))
+        return _metrics(task, *task.predict(m, val_loader), val_records)
+
+    extra = {RUN_CONFIG_NAME: cfg.to_yaml(), "finetune.json": json.dumps({"task": task_name, "init": init}) + "\n"}
+    if isinstance(task, VQATask):
+        extra.update(task.save_files())
 
     def save(m: PreTrainedModel, directory: Path) -> None:
-        m.save_pretrained(directory, tokenizer=tokenizer, extra_files={
-            RUN_CONFIG_NAME: cfg.to_yaml(), "finetune.json": json.dumps({"task": task_name, "init": init}) + "\n"})
+        m.save_pretrained(directory, tokenizer=tokenizer, extra_files=extra)
 
-    console.print(f"fine-tuning {task_name} from {init} on {len(train_records)} {cfg.data.dataset} pairs "
+    console.print(f"fine-tuning {task_name} from {init} on {len(train_records)} {cfg.data.dataset} examples "
                   f"(validation {len(val_records)}) for {cfg.train.max_steps} steps")
     result = fit(model, task, train_loader, cfg.train, output_dir, save, console=console, evaluate=evaluate,
                  select_metric=task.select_metric)
@@ -107,21 +135,21 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
 def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str = "test",
                    n_bootstrap: int = 30, seed: int = 0) -> dict[str, dict[str, Any]]:
     """``{metric: {"mean", "std", "n", "values"}}`` over ``n_bootstrap`` resamples of ``split``."""
-    task, model_cls = _task(task_name)
+    task, model_cls = _task(task_name, checkpoint)
     model = model_cls.from_pretrained(checkpoint)
     tokenizer = MedTokenizer.from_pretrained(checkpoint)
     cfg = dataclasses.replace(cfg, model=model.config)
-    records = load_split(cfg, split)
-    loader = _loader(_dataset(task_name, records, tokenizer, model.config), cfg, tokenizer, train=False)
+    records = _examples(task_name, cfg, split)
+    loader = _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer, train=False)
     probs, targets = task.predict(model, loader)
 
     def metric_fn(idx: np.ndarray) -> dict[str, float]:
-        m = task.metrics(probs[idx], targets[idx])
+        m = _metrics(task, probs[idx], targets[idx], [records[i] for i in idx])
         return {k: v for k, v in m.items() if "/" not in k}
 
     summary = bootstrap(len(records), metric_fn, n_resamples=n_bootstrap, seed=seed)
     out = {k: s.to_dict() for k, s in summary.items()}
-    for k, v in task.metrics(probs, targets).items():
+    for k, v in _metrics(task, probs, targets, records).items():
         if "/" not in k:
             out[k]["full"] = v  # on the whole split, without resampling
     return out

@@ -1,0 +1,79 @@
+"""Medical VQA (paper IV-C): answer classification on CLS over the training answers.
+
+Every distinct training answer is one class (VQA-RAD: answers normalised to lower case).
+Questions whose answer is not in the training vocabulary cannot be answered by a classifier;
+they are left out of training and count as wrong in evaluation (target -1).  Accuracy is
+reported for CLOSED (yes/no) and OPEN questions separately; the model is selected on the
+validation split's overall accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.vqa_rad import VQAItem, build_answer_vocab
+from ..metrics import vqa_accuracy
+from .base import StepOutput
+
+ANSWERS_FILE = "answers.json"
+
+
+class VQATask:
+    name = "vqa"
+    select_metric = "accuracy"
+
+    def __init__(self, answers: list[str] | None = None):
+        self.answers = answers or []
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {a: i for i, a in enumerate(self.answers)}
+
+    def fit_vocab(self, train_items: list[VQAItem]) -> None:
+        self.answers = build_answer_vocab(train_items)
+
+    def targets(self, items: list[VQAItem]) -> np.ndarray:
+        idx = self.index
+        return np.array([idx.get(it.answer, -1) for it in items], dtype=np.int64)
+
+    def save_files(self) -> dict[str, str]:
+        return {ANSWERS_FILE: json.dumps(self.answers, indent=0) + "\n"}
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path) -> VQATask:
+        path = Path(directory) / ANSWERS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} has no {ANSWERS_FILE}: not a VQA checkpoint")
+        return cls(json.loads(path.read_text()))
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> StepOutput:
+        logits = model(batch["text_ids"], batch["text_valid"], images=batch["images"]).logits
+        loss = F.cross_entropy(logits.float(), batch["targets"].long(), ignore_index=-1)
+        return StepOutput(loss=loss, metrics={"ce": loss.item()})
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        preds, targets, index = [], [], []
+        for batch in loader:
+            logits = model(batch["text_ids"].to(device), batch["text_valid"].to(device),
+                           images=batch["images"].to(device)).logits
+            preds.append(logits.argmax(-1).cpu())
+            targets.append(batch["targets"])
+            index.append(batch["index"])
+        model.train(was)
+        order = torch.cat(index).argsort()
+        return torch.cat(preds)[order].numpy(), torch.cat(targets)[order].numpy()
+
+    def metrics(self, preds: np.ndarray, targets: np.ndarray, items: list[VQAItem]) -> dict[str, float]:
+        predicted = [self.answers[p] for p in preds]
+        return vqa_accuracy(predicted, [it.answer for it in items], [it.answer_type for it in items])
