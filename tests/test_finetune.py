@@ -95,3 +95,23 @@ def test_finetuning_only_baseline_starts_from_a_bert_checkpoint(synthetic_root, 
     ref = load_file(str(resolve_bert_dir("minilm") / "model.safetensors"))
     assert model.config.hidden_size == 384
     assert torch.equal(model.medvill.encoder.layer[3].output.dense.weight, ref["encoder.layer.3.output.dense.weight"])
+
+
+def test_retrieval_finetune_and_trial_evaluation(synthetic_root, pretrained, tmp_path):
+    from medvill.modeling.heads import MedViLLForRetrieval
+
+    out = tmp_path / "ret"
+    run = run_finetuning("retrieval", cfg_for(synthetic_root, 4), str(pretrained), out)
+    assert run.result.selection["metric"] == "match_auroc"
+    model = MedViLLForRetrieval.from_pretrained(out)
+    pre = MedViLLForPretraining.from_pretrained(pretrained)
+    assert model.irm_head.weight.shape == pre.irm_head.weight.shape
+    cfg = cfg_for(synthetic_root, 0, "eval.n_candidates=10")
+    metrics = run_evaluation("retrieval", out, cfg, split="test", n_bootstrap=5)
+    n_test = 16
+    assert metrics["trials"]["full"] == n_test
+    assert metrics["trials"]["cnn_passes"] == n_test  # CNN features once per image, not per candidate pair
+    assert metrics["trials"]["pair_scores"] <= n_test * n_test
+    for d in ("r2i", "i2r"):
+        for k in ("hit@5", "recall@5", "precision@5", "mrr"):
+            assert 0.0 <= metrics[f"{d}_{k}"]["mean"] <= 1.0 and metrics[f"{d}_{k}"]["n"] == 5

@@ -192,6 +192,15 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation protocol settings (paper section IV)."""
+
+    n_candidates: int = 100  # retrieval: candidates per trial (true partner + 99)
+    max_queries: int | None = None  # retrieval: trials per direction (None = every test pair)
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     """A whole run.  ``init_text``: BERT checkpoint to initialise the transformer from
     (a directory with ``config.json`` + weights, ``minilm`` for the offline MiniLM
@@ -205,6 +214,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> RunConfig:
         self.model.validate()

@@ -6,7 +6,7 @@ Fine-tuning Only baseline: same architecture, no pre-training).  The model is se
 the validation split, never on test.  ``run_evaluation`` scores a checkpoint on a split with
 the paper's protocol (bootstrap resamples of the predictions; mean and std per metric).
 
-Tasks available so far: classification and VQA.  (Retrieval and generation plug in the same way.)
+Tasks available so far: classification, retrieval and VQA.  (Generation plugs in the same way.)
 """
 
 from __future__ import annotations
@@ -27,16 +27,18 @@ from .config import ConfigError, ModelConfig, RunConfig, dataclass_from_dict
 from .data.task_data import ImageTextCollator, ImageTextDataset
 from .metrics import bootstrap
 from .data.registry import load_vqa
-from .modeling.heads import MedViLLForClassification, MedViLLForVQA, init_from_pretraining
+from .data.collate import PretrainCollator, PretrainDataset
+from .modeling.heads import MedViLLForClassification, MedViLLForRetrieval, MedViLLForVQA, init_from_pretraining
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
 from .tasks.classification import ClassificationTask, binary_targets
+from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
 from .tasks.vqa import VQATask
 from .tokenization import MedTokenizer
 from .train.loop import TrainResult, fit
 
-TASKS = ("classification", "vqa")
+TASKS = ("classification", "retrieval", "vqa")
 
 
 @dataclass
@@ -52,6 +54,8 @@ def _task(name: str, checkpoint: str | Path | None = None):
         return ClassificationTask(), MedViLLForClassification
     if name == "vqa":
         return (VQATask.from_checkpoint(checkpoint) if checkpoint else VQATask()), MedViLLForVQA
+    if name == "retrieval":
+        return RetrievalTask(), MedViLLForRetrieval
     raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
 
 
@@ -118,11 +122,25 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         fresh = init_from_pretraining(model, load_file(str(Path(init) / "model.safetensors")))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
-    val_loader = _loader(_dataset(task, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
+    if isinstance(task, RetrievalTask):
+        # matched and label-aware mismatched pairs, reports unmasked; validation pairs fixed
+        def pairs(records, train: bool) -> DataLoader:
+            ds = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
+            return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train,
+                              drop_last=train and len(ds) >= cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                              collate_fn=PretrainCollator(tokenizer.pad_id),
+                              generator=torch.Generator().manual_seed(cfg.train.seed) if train else None)
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return _metrics(task, *task.predict(m, val_loader), val_records)
+        train_loader, val_loader = pairs(train_records, True), pairs(val_records, False)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return task.match_auroc(m, val_loader)
+    else:
+        train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
+        val_loader = _loader(_dataset(task, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return _metrics(task, *task.predict(m, val_loader), val_records)
 
     extra = {RUN_CONFIG_NAME: cfg.to_yaml(), "finetune.json": json.dumps({"task": task_name, "init": init}) + "\n"}
     if isinstance(task, VQATask):
@@ -146,6 +164,8 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
     tokenizer = MedTokenizer.from_pretrained(checkpoint)
     cfg = dataclasses.replace(cfg, model=model.config)
     records = _examples(task_name, cfg, split)
+    if isinstance(task, RetrievalTask):
+        return _evaluate_retrieval(model, tokenizer, records, cfg, n_bootstrap, seed)
     loader = _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer, train=False)
     probs, targets = task.predict(model, loader)
 
@@ -158,4 +178,27 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
     for k, v in _metrics(task, probs, targets, records).items():
         if "/" not in k:
             out[k]["full"] = v  # on the whole split, without resampling
+    return out
+
+
+def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunConfig, n_bootstrap: int,
+                        seed: int) -> dict[str, dict[str, Any]]:
+    """Trials of ``cfg.eval.n_candidates`` candidates, both directions; bootstrap over trials."""
+    e = cfg.eval
+    trials = make_trials(records, e.n_candidates, e.seed, e.max_queries)
+    scorer = PairScorer(model, records, tokenizer, model.config.image_size, model.config.max_text_len,
+                        batch_size=max(cfg.train.batch_size, 8))
+    per_trial = retrieval_trials_metrics(scorer, trials)
+    names = list(per_trial["r2i"][0])
+    table = {f"{d}_{k}": np.array([t[k] for t in per_trial[d]]) for d in ("r2i", "i2r") for k in names}
+
+    def metric_fn(idx: np.ndarray) -> dict[str, float]:
+        return {name: float(values[idx].mean()) for name, values in table.items()}
+
+    summary = bootstrap(len(trials), metric_fn, n_resamples=n_bootstrap, seed=seed)
+    out = {k: s.to_dict() for k, s in summary.items()}
+    for name, values in table.items():
+        out[name]["full"] = float(values.mean())
+    out["trials"] = {"mean": float(len(trials)), "std": 0.0, "n": n_bootstrap, "values": [],
+                     "full": float(len(trials)), "cnn_passes": scorer.cnn_passes, "pair_scores": len(scorer.cache)}
     return out

@@ -75,7 +75,7 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[Record], tokenizer: MedTokenizer, image_size: int, max_text_len: int,
-                 mlm: MLMSpec = MLMSpec(), seed: int = 0):
+                 mlm: MLMSpec | None = MLMSpec(), seed: int = 0):
         if not records:
             raise ValueError("the pre-training data set is empty")
         self.records = list(records)
@@ -119,7 +119,10 @@ class PretrainDataset(Dataset):
         """Image ``i`` with its own report (``matched``) or a label-aware negative, MLM-masked."""
         j = i if matched else self.negative_index(i, rng)
         ids = self.text_ids[j]
-        body, labels = mask_tokens(ids[:-1], rng, self.mlm, self.mask_id, self.candidate_ids)
+        if self.mlm is None:  # matching only (retrieval fine-tuning): the report stays intact
+            body, labels = ids[:-1].copy(), np.full(len(ids) - 1, IGNORE_INDEX, dtype=np.int64)
+        else:
+            body, labels = mask_tokens(ids[:-1], rng, self.mlm, self.mask_id, self.candidate_ids)
         if not matched:
             labels[:] = IGNORE_INDEX
         return {

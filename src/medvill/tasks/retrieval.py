@@ -1,0 +1,107 @@
+"""Image-report retrieval (paper IV-B): a matching head on CLS, ranked in 100-candidate trials.
+
+Training: binary matching loss on matched pairs and label-aware mismatched pairs (a report
+whose positive label set differs), 1:1, reports unmasked; model selection on the AUROC of
+the matching scores of fixed validation pairs (``match_auroc``).
+
+Evaluation (:func:`retrieval_trials_metrics`): trials from :func:`medvill.metrics.build_trials`;
+report-to-image (R2I: a report query, 100 candidate images) and image-to-report (I2R).  Each
+image's CNN features are computed once per evaluation and every (image, report) score at
+most once, however many trials share it.  Metrics per direction: ``r2i_hit@5``,
+``r2i_recall@5``, ``r2i_precision@5``, ``r2i_mrr`` and the same with ``i2r_``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.collate import encode_reports, pad_stack
+from ..data.records import Record
+from ..data.transforms import load_image
+from ..labels import positive_set
+from ..metrics import Trial, build_trials, ranking_metrics
+from ..tokenization import MedTokenizer
+from .base import StepOutput
+
+
+class RetrievalTask:
+    name = "retrieval"
+    select_metric = "match_auroc"
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> StepOutput:
+        logits = model(batch["text_ids"], batch["text_valid"], images=batch["images"]).logits
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["is_matched"].float())
+        return StepOutput(loss=loss, metrics={"match_bce": loss.item()})
+
+    @torch.no_grad()
+    def match_auroc(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        scores, labels = [], []
+        for batch in loader:
+            scores.append(model(batch["text_ids"].to(device), batch["text_valid"].to(device),
+                                images=batch["images"].to(device)).logits.float().cpu())
+            labels.append(batch["is_matched"])
+        model.train(was)
+        y = torch.cat(labels).numpy()
+        s = torch.cat(scores).numpy()
+        auc = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+        return {"match_auroc": auc, "match_accuracy": float(((s > 0) == (y == 1)).mean())}
+
+
+class PairScorer:
+    """Scores (image i, report j) pairs of a test pool, caching CNN features and scores."""
+
+    def __init__(self, model: nn.Module, records: list[Record], tokenizer: MedTokenizer, image_size: int,
+                 max_text_len: int, batch_size: int = 64):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.text_ids = encode_reports(tokenizer, [r.text for r in records], max_text_len)
+        self.pad_id = tokenizer.pad_id
+        self.batch_size = batch_size
+        feats = []
+        with torch.no_grad():
+            for start in range(0, len(records), batch_size):
+                imgs = torch.stack([load_image(r.image, image_size) for r in records[start : start + batch_size]])
+                feats.append(model.medvill.encode_image(imgs.to(self.device)))  # once per image
+        self.features = torch.cat(feats)  # (N, K, C)
+        self.cache: dict[tuple[int, int], float] = {}
+        self.cnn_passes = len(records)
+
+    @torch.no_grad()
+    def scores(self, pairs: list[tuple[int, int]]) -> np.ndarray:
+        todo = [p for p in dict.fromkeys(pairs) if p not in self.cache]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            ids = pad_stack([self.text_ids[j] for _, j in chunk], self.pad_id).to(self.device)
+            lengths = torch.tensor([len(self.text_ids[j]) for _, j in chunk], device=self.device)
+            valid = torch.arange(ids.shape[1], device=self.device)[None] < lengths[:, None]
+            feats = self.features[torch.tensor([i for i, _ in chunk], device=self.device)]
+            out = self.model(ids, valid, visual_features=feats).logits.float().cpu().tolist()
+            self.cache.update(zip(chunk, out, strict=True))
+        return np.array([self.cache[p] for p in pairs])
+
+
+def retrieval_trials_metrics(scorer: PairScorer, trials: list[Trial], k: int = 5) -> dict[str, list[dict[str, float]]]:
+    """Per-trial metrics of both directions: ``{"r2i": [...], "i2r": [...]}``."""
+    out: dict[str, list[dict[str, float]]] = {"r2i": [], "i2r": []}
+    for t in trials:
+        r2i = scorer.scores([(int(c), t.query) for c in t.candidates])  # report query, candidate images
+        i2r = scorer.scores([(t.query, int(c)) for c in t.candidates])  # image query, candidate reports
+        out["r2i"].append(ranking_metrics(r2i, t.positive, k))
+        out["i2r"].append(ranking_metrics(i2r, t.positive, k))
+    return out
+
+
+def make_trials(records: list[Record], n_candidates: int, seed: int, max_queries: int | None) -> list[Trial]:
+    sets = [positive_set(r.labels) for r in records]
+    queries = None
+    if max_queries is not None and max_queries < len(records):
+        queries = sorted(np.random.default_rng(seed + 1).choice(len(records), size=max_queries, replace=False))
+    return build_trials(sets, n_candidates=n_candidates, seed=seed, queries=queries)
