@@ -115,3 +115,18 @@ def test_retrieval_finetune_and_trial_evaluation(synthetic_root, pretrained, tmp
     for d in ("r2i", "i2r"):
         for k in ("hit@5", "recall@5", "precision@5", "mrr"):
             assert 0.0 <= metrics[f"{d}_{k}"]["mean"] <= 1.0 and metrics[f"{d}_{k}"]["n"] == 5
+
+
+def test_generation_finetune_selects_on_perplexity_and_evaluates_free_running(synthetic_root, pretrained, tmp_path):
+    out = tmp_path / "gen"
+    run = run_finetuning("generation", cfg_for(synthetic_root, 8), str(pretrained), out)
+    sel = run.result.selection
+    assert sel["metric"] == "perplexity" and sel["mode"] == "min"
+    assert sel["best"] == min(e["perplexity"] for e in sel["evaluations"])
+    cfg = cfg_for(synthetic_root, 0, "eval.max_length=12", "eval.num_beams=2")
+    metrics = run_evaluation("generation", out, cfg, split="test", n_bootstrap=4)
+    for name in ("bleu4", "perplexity", "ce_accuracy", "ce_precision", "ce_recall", "ce_f1"):
+        assert metrics[name]["n"] == 4
+    assert metrics["perplexity"]["full"] > 1.0
+    samples = metrics["examples"]["samples"]
+    assert samples and all(len(s["generated"].split()) <= 12 for s in samples)

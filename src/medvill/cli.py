@@ -85,7 +85,7 @@ def pretrain(
 
 @app.command()
 def finetune(
-    task: Annotated[str, typer.Argument(help="classification | retrieval | vqa (generation: see the open issues)")],
+    task: Annotated[str, typer.Argument(help="classification | retrieval | vqa | generation")],
     output: Annotated[Path, typer.Option("--output", help="checkpoint folder (the model best on validation)")],
     init: Annotated[str, typer.Option("--init", help="pre-training checkpoint folder, or 'scratch'")] = "scratch",
     dataset: DatasetOpt = "synthetic",
@@ -116,7 +116,7 @@ def finetune(
 
 @app.command()
 def evaluate(
-    task: Annotated[str, typer.Argument(help="classification | retrieval | vqa")],
+    task: Annotated[str, typer.Argument(help="classification | retrieval | vqa | generation")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="fine-tuned checkpoint folder")],
     output: Annotated[Path, typer.Option("--output", help="folder for metrics.json")],
     dataset: DatasetOpt = "synthetic",

@@ -198,6 +198,10 @@ class EvalConfig:
     n_candidates: int = 100  # retrieval: candidates per trial (true partner + 99)
     max_queries: int | None = None  # retrieval: trials per direction (None = every test pair)
     seed: int = 0
+    num_beams: int = 1  # generation: 1 = greedy
+    max_length: int | None = None  # generation: report tokens (None = model.max_text_len - 1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
 
 @dataclass

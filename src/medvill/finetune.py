@@ -6,7 +6,7 @@ Fine-tuning Only baseline: same architecture, no pre-training).  The model is se
 the validation split, never on test.  ``run_evaluation`` scores a checkpoint on a split with
 the paper's protocol (bootstrap resamples of the predictions; mean and std per metric).
 
-Tasks available so far: classification, retrieval and VQA.  (Generation plugs in the same way.)
+Tasks: classification, retrieval, VQA and report generation.
 """
 
 from __future__ import annotations
@@ -28,17 +28,22 @@ from .data.task_data import ImageTextCollator, ImageTextDataset
 from .metrics import bootstrap
 from .data.registry import load_vqa
 from .data.collate import PretrainCollator, PretrainDataset
-from .modeling.heads import MedViLLForClassification, MedViLLForRetrieval, MedViLLForVQA, init_from_pretraining
+from .modeling.heads import (
+    MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA, init_from_pretraining,
+)
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
 from .tasks.classification import ClassificationTask, binary_targets
+from .data.collate import MLMSpec
+from .generation import GenerationConfig
+from .tasks.generation import GenerationScores, GenerationTask
 from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
 from .tasks.vqa import VQATask
 from .tokenization import MedTokenizer
 from .train.loop import TrainResult, fit
 
-TASKS = ("classification", "retrieval", "vqa")
+TASKS = ("classification", "retrieval", "vqa", "generation")
 
 
 @dataclass
@@ -56,6 +61,8 @@ def _task(name: str, checkpoint: str | Path | None = None):
         return (VQATask.from_checkpoint(checkpoint) if checkpoint else VQATask()), MedViLLForVQA
     if name == "retrieval":
         return RetrievalTask(), MedViLLForRetrieval
+    if name == "generation":
+        return GenerationTask(), MedViLLForPretraining
     raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
 
 
@@ -122,7 +129,22 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         fresh = init_from_pretraining(model, load_file(str(Path(init) / "model.safetensors")))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    if isinstance(task, RetrievalTask):
+    if isinstance(task, GenerationTask):
+        p = cfg.pretrain
+        train_ds = PretrainDataset(train_records, tokenizer, mcfg.image_size, mcfg.max_text_len,
+                                   MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac), seed=cfg.train.seed,
+                                   matching=False)
+        val_ds = PretrainDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None,
+                                 seed=cfg.train.seed, matching=False)
+        train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,
+                                  drop_last=len(train_ds) >= cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                                  collate_fn=PretrainCollator(tokenizer.pad_id),
+                                  generator=torch.Generator().manual_seed(cfg.train.seed))
+        val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size, collate_fn=PretrainCollator(tokenizer.pad_id))
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return task.perplexity(m, val_loader)
+    elif isinstance(task, RetrievalTask):
         # matched and label-aware mismatched pairs, reports unmasked; validation pairs fixed
         def pairs(records, train: bool) -> DataLoader:
             ds = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
@@ -152,7 +174,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
     console.print(f"fine-tuning {task_name} from {init} on {len(train_records)} {cfg.data.dataset} examples "
                   f"(validation {len(val_records)}) for {cfg.train.max_steps} steps")
     result = fit(model, task, train_loader, cfg.train, output_dir, save, console=console, evaluate=evaluate,
-                 select_metric=task.select_metric)
+                 select_metric=task.select_metric, select_mode=getattr(task, "select_mode", "max"))
     return FinetuneRun(output_dir=output_dir, result=result, init=init)
 
 
@@ -166,6 +188,8 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
     records = _examples(task_name, cfg, split)
     if isinstance(task, RetrievalTask):
         return _evaluate_retrieval(model, tokenizer, records, cfg, n_bootstrap, seed)
+    if isinstance(task, GenerationTask):
+        return _evaluate_generation(task, model, tokenizer, records, cfg, n_bootstrap, seed)
     loader = _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer, train=False)
     probs, targets = task.predict(model, loader)
 
@@ -201,4 +225,29 @@ def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunC
         out[name]["full"] = float(values.mean())
     out["trials"] = {"mean": float(len(trials)), "std": 0.0, "n": n_bootstrap, "values": [],
                      "full": float(len(trials)), "cnn_passes": scorer.cnn_passes, "pair_scores": len(scorer.cache)}
+    return out
+
+
+def _evaluate_generation(task: GenerationTask, model, tokenizer: MedTokenizer, records: list, cfg: RunConfig,
+                         n_bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Free-running generation on ``records``; BLEU-4, clinical efficacy, perplexity; bootstrap."""
+    from .labeler import label_reports
+
+    e = cfg.eval
+    ds = PretrainDataset(records, tokenizer, model.config.image_size, model.config.max_text_len, mlm=None,
+                         seed=seed, matching=False)
+    loader = DataLoader(ds, batch_size=cfg.train.batch_size, collate_fn=PretrainCollator(tokenizer.pad_id))
+    gen_cfg = GenerationConfig(max_length=e.max_length or model.config.max_text_len - 1, num_beams=e.num_beams,
+                               length_penalty=e.length_penalty, no_repeat_ngram_size=e.no_repeat_ngram_size)
+    hyps = task.generate_reports(model, loader, tokenizer, gen_cfg)
+    refs = [r.text for r in records]
+    nll, n_tokens = task.reference_scores(model, loader)
+    scores = GenerationScores(hyps, refs, label_reports(hyps), label_reports(refs), nll, n_tokens)
+    summary = bootstrap(len(records), scores.metrics, n_resamples=n_bootstrap, seed=seed)
+    out = {k: s.to_dict() for k, s in summary.items()}
+    for k, v in scores.metrics(np.arange(len(records))).items():
+        out[k]["full"] = v
+    out["examples"] = {"mean": float(len(records)), "std": 0.0, "n": n_bootstrap, "values": [],
+                       "samples": [{"id": r.id, "generated": h, "reference": r.text} for r, h in
+                                   zip(records[:5], hyps[:5], strict=False)]}
     return out

@@ -75,7 +75,7 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[Record], tokenizer: MedTokenizer, image_size: int, max_text_len: int,
-                 mlm: MLMSpec | None = MLMSpec(), seed: int = 0):
+                 mlm: MLMSpec | None = MLMSpec(), seed: int = 0, matching: bool = True):
         if not records:
             raise ValueError("the pre-training data set is empty")
         self.records = list(records)
@@ -83,12 +83,13 @@ class PretrainDataset(Dataset):
         self.mlm = mlm
         self.seed = seed
         self.epoch = 0
+        self.matching = matching
         self.mask_id = tokenizer.mask_id
         self.sep_id = tokenizer.sep_id
         self.candidate_ids = np.array(sorted(set(range(tokenizer.vocab_size)) - tokenizer.special_ids), dtype=np.int64)
         self.text_ids = encode_reports(tokenizer, [r.text for r in self.records], max_text_len)
         self.label_sets = [positive_set(r.labels) for r in self.records]
-        if len(set(self.label_sets)) < 2:
+        if matching and len(set(self.label_sets)) < 2:
             raise ValueError(
                 "image-report matching needs reports with at least two different positive label sets; "
                 "every record has the same labels"
@@ -113,7 +114,8 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        return self.make_item(i, bool(rng.random() < 0.5), rng)
+        matched = bool(rng.random() < 0.5) if self.matching else True
+        return self.make_item(i, matched, rng)
 
     def make_item(self, i: int, matched: bool, rng: np.random.Generator) -> dict:
         """Image ``i`` with its own report (``matched``) or a label-aware negative, MLM-masked."""

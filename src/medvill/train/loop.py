@@ -116,6 +116,7 @@ def fit(
     console: Console | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     select_metric: str | None = None,
+    select_mode: str = "max",
 ) -> TrainResult:
     """Train ``model`` on ``task`` for ``cfg.max_steps`` optimiser steps, then save.
 
@@ -126,7 +127,7 @@ def fit(
     Model selection: with ``evaluate`` (a function of the unwrapped model returning
     validation metrics; never the test split) the model is validated every
     ``cfg.eval_every`` steps and at the end, ``output_dir`` holds the checkpoint with the
-    best ``select_metric`` (higher is better), ``selection.json`` records it, and
+    best ``select_metric`` (``select_mode`` max or min), ``selection.json`` records it, and
     ``cfg.early_stopping_patience`` validations without improvement stop training.
     """
     output_dir = Path(output_dir)
@@ -154,7 +155,8 @@ def fit(
     sums: dict[str, float] = defaultdict(float)
     count = 0
     step = 0
-    best: dict[str, Any] = {"value": -math.inf, "step": None, "evaluations": []}
+    sign = 1.0 if select_mode == "max" else -1.0
+    best: dict[str, Any] = {"value": -math.inf, "step": None, "evaluations": []}  # value is sign * metric
     stale = 0
 
     def validate() -> bool:
@@ -162,12 +164,13 @@ def fit(
         nonlocal stale
         metrics = evaluate(accelerator.unwrap_model(model))
         model.train()
-        value = metrics[select_metric]
+        value = sign * metrics[select_metric]
         best["evaluations"].append({"step": step, **metrics})
         if main:
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, "split": "validate", **metrics}) + "\n")
-            console.print(f"validate step {step}: {select_metric} {value:.4f} (best {max(best['value'], value):.4f})")
+            console.print(f"validate step {step}: {select_metric} {sign * value:.4f} "
+                          f"(best {sign * max(best['value'], value):.4f})")
         if value > best["value"]:
             best.update(value=value, step=step)
             stale = 0
@@ -237,7 +240,8 @@ def fit(
     else:
         if not best["evaluations"] or best["evaluations"][-1]["step"] != step:
             validate()
-        result.selection = {"metric": select_metric, "best": best["value"], "best_step": best["step"],
+        result.selection = {"metric": select_metric, "mode": select_mode, "best": sign * best["value"],
+                            "best_step": best["step"],
                             "evaluations": best["evaluations"]}
         if main:
             (output_dir / "selection.json").write_text(json.dumps(result.selection, indent=2) + "\n")
