@@ -161,3 +161,13 @@ def test_cli_prepare_then_pretrain_from_the_cache(synthetic_root, tmp_path):
     assert (out / "model.safetensors").is_file()
     bad = CliRunner().invoke(app, ["prepare", "--dataset", "mimic", "--output", str(tmp_path / "m")])
     assert bad.exit_code == 2 and "--root" in bad.output
+
+
+def test_cli_demo_runs_end_to_end_on_the_tiny_preset(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--max-steps", "2", "--output", str(out),
+                                      "--set", "train.log_every=1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["mask"] == "bar"
+    assert (out / "pretrain-bar" / "model.safetensors").is_file()

@@ -29,6 +29,19 @@ def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("MEDVILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
 
 
+def _cli_overrides(dataset: str | None = None, root: Path | None = None, max_steps: int | None = None,
+                   **sections: dict[str, Any]) -> dict[str, Any]:
+    """Config values given as command-line flags (applied after the YAML, before --set)."""
+    extra: dict[str, Any] = {k: v for k, v in sections.items() if v}
+    if dataset is not None:
+        extra.setdefault("data", {})["dataset"] = dataset
+    if root is not None:
+        extra.setdefault("data", {})["root"] = str(root)
+    if max_steps is not None:
+        extra.setdefault("train", {})["max_steps"] = max_steps
+    return extra
+
+
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {exc}")
     return typer.Exit(code=2)
@@ -67,13 +80,7 @@ def pretrain(
     from .pipeline import run_pretraining
 
     _setup_logging()
-    extra: dict[str, Any] = {"data": {"dataset": dataset}}
-    if root is not None:
-        extra["data"]["root"] = str(root)
-    if mask is not None:
-        extra["pretrain"] = {"mask": mask.value}
-    if max_steps is not None:
-        extra["train"] = {"max_steps": max_steps}
+    extra = _cli_overrides(dataset, root, max_steps, pretrain={"mask": mask.value} if mask else {})
     try:
         cfg = load_config(preset, config, set_ or [], extra)
         run = run_pretraining(cfg, output, console=console)
@@ -99,11 +106,7 @@ def finetune(
     from .finetune import run_finetuning
 
     _setup_logging()
-    extra: dict[str, Any] = {"data": {"dataset": dataset}}
-    if root is not None:
-        extra["data"]["root"] = str(root)
-    if max_steps is not None:
-        extra["train"] = {"max_steps": max_steps}
+    extra = _cli_overrides(dataset, root, max_steps)
     try:
         cfg = load_config(preset, config, set_ or [], extra)
         run = run_finetuning(task, cfg, init, output, console=console)
@@ -130,9 +133,7 @@ def evaluate(
     from .finetune import run_evaluation
 
     _setup_logging()
-    extra: dict[str, Any] = {"data": {"dataset": dataset}}
-    if root is not None:
-        extra["data"]["root"] = str(root)
+    extra = _cli_overrides(dataset, root)
     try:
         cfg = load_config(preset, None, set_ or [], extra)
         metrics = run_evaluation(task, checkpoint, cfg, split=split, n_bootstrap=n_bootstrap)
@@ -212,11 +213,8 @@ def demo(
 
     _setup_logging()
     start = time.perf_counter()
-    extra: dict[str, Any] = {"pretrain": {"mask": mask.value}}
-    if max_steps is not None:
-        extra["train"] = {"max_steps": max_steps}
-    if n is not None:
-        extra["data"] = {"synthetic_n": n}
+    extra = _cli_overrides(max_steps=max_steps, pretrain={"mask": mask.value},
+                           data={"synthetic_n": n} if n is not None else {})
     try:
         cfg = load_config(preset, None, set_ or [], extra)
     except ConfigError as exc:

@@ -88,10 +88,10 @@ def _metrics(task, preds: np.ndarray, targets: np.ndarray, examples: list) -> di
     return task.metrics(preds, targets)
 
 
-def _loader(ds, cfg: RunConfig, tokenizer: MedTokenizer, train: bool) -> DataLoader:
+def _loader(ds, cfg: RunConfig, tokenizer: MedTokenizer, train: bool, collate=None) -> DataLoader:
     return DataLoader(
         ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=train and len(ds) >= cfg.train.batch_size,
-        num_workers=cfg.data.num_workers, collate_fn=ImageTextCollator(tokenizer.pad_id),
+        num_workers=cfg.data.num_workers, collate_fn=collate or ImageTextCollator(tokenizer.pad_id),
         generator=torch.Generator().manual_seed(cfg.train.seed) if train else None,
     )
 
@@ -136,11 +136,8 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
                                    matching=False)
         val_ds = PretrainDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None,
                                  seed=cfg.train.seed, matching=False)
-        train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,
-                                  drop_last=len(train_ds) >= cfg.train.batch_size, num_workers=cfg.data.num_workers,
-                                  collate_fn=PretrainCollator(tokenizer.pad_id),
-                                  generator=torch.Generator().manual_seed(cfg.train.seed))
-        val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size, collate_fn=PretrainCollator(tokenizer.pad_id))
+        train_loader = _loader(train_ds, cfg, tokenizer, train=True, collate=PretrainCollator(tokenizer.pad_id))
+        val_loader = _loader(val_ds, cfg, tokenizer, train=False, collate=PretrainCollator(tokenizer.pad_id))
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             return task.perplexity(m, val_loader)
@@ -148,10 +145,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         # matched and label-aware mismatched pairs, reports unmasked; validation pairs fixed
         def pairs(records, train: bool) -> DataLoader:
             ds = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
-            return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train,
-                              drop_last=train and len(ds) >= cfg.train.batch_size, num_workers=cfg.data.num_workers,
-                              collate_fn=PretrainCollator(tokenizer.pad_id),
-                              generator=torch.Generator().manual_seed(cfg.train.seed) if train else None)
+            return _loader(ds, cfg, tokenizer, train=train, collate=PretrainCollator(tokenizer.pad_id))
 
         train_loader, val_loader = pairs(train_records, True), pairs(val_records, False)
 
@@ -236,7 +230,7 @@ def _evaluate_generation(task: GenerationTask, model, tokenizer: MedTokenizer, r
     e = cfg.eval
     ds = PretrainDataset(records, tokenizer, model.config.image_size, model.config.max_text_len, mlm=None,
                          seed=seed, matching=False)
-    loader = DataLoader(ds, batch_size=cfg.train.batch_size, collate_fn=PretrainCollator(tokenizer.pad_id))
+    loader = _loader(ds, cfg, tokenizer, train=False, collate=PretrainCollator(tokenizer.pad_id))
     gen_cfg = GenerationConfig(max_length=e.max_length or model.config.max_text_len - 1, num_beams=e.num_beams,
                                length_penalty=e.length_penalty, no_repeat_ngram_size=e.no_repeat_ngram_size)
     hyps = task.generate_reports(model, loader, tokenizer, gen_cfg)
