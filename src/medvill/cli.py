@@ -150,6 +150,24 @@ def evaluate(
 
 
 @app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="evaluation folders (metrics.json), optionally name=folder")],
+    output: Annotated[Path, typer.Option("--output", help="folder for results.md / .csv / .json")],
+    reference: Annotated[str | None, typer.Option("--reference", help="row to test the others against")] = None,
+) -> None:
+    """Paper-style table: mean (std) per model and metric, t-test p-values against a reference."""
+    from .evaluate import compare_runs
+
+    try:
+        table = compare_runs(runs, reference)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    table.write(output)
+    console.print(table.to_markdown())
+    console.print(f"written: {output}/results.md, results.csv, results.json")
+
+
+@app.command()
 def prepare(
     output: Annotated[Path, typer.Option("--output", help="cache folder to write (resumable)")],
     dataset: DatasetOpt = "synthetic",
