@@ -163,11 +163,15 @@ def test_cli_prepare_then_pretrain_from_the_cache(synthetic_root, tmp_path):
     assert bad.exit_code == 2 and "--root" in bad.output
 
 
-def test_cli_demo_runs_end_to_end_on_the_tiny_preset(tmp_path):
+def test_cli_demo_runs_the_whole_pipeline_on_the_tiny_preset(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--max-steps", "2", "--output", str(out),
-                                      "--set", "train.log_every=1"])
+    result = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--output", str(out), "--bootstrap", "3"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["steps"] == 2 and summary["mask"] == "bar"
-    assert (out / "pretrain-bar" / "model.safetensors").is_file()
+    for name in ("results.md", "results.csv", "results.json"):
+        assert (out / name).is_file()
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["tasks"]) == {"classification", "retrieval", "vqa", "generation"}
+    assert data["tasks"]["classification"]["models"] == ["MedViLL-BAR", "MedViLL-S2S", "FT-only"]
+    assert (out / "pretrain-bar" / "model.safetensors").is_file() and (out / "pretrain-s2s").is_dir()
+    md = (out / "results.md").read_text()
+    assert "## retrieval" in md and "r2i_mrr" in md and "closed_accuracy" in md and "bleu4" in md

@@ -220,41 +220,27 @@ def label(
 def demo(
     output: Annotated[Path, typer.Option("--output", help="where results and checkpoints go")] = Path("demo-output"),
     preset: PresetOpt = "small",
-    mask: Annotated[MaskScheme, typer.Option("--mask")] = MaskScheme.BAR,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="pre-training steps per mask scheme")] = None,
     n: Annotated[int | None, typer.Option("--n", help="synthetic pairs (default: the preset's)")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples of the test split")] = 30,
     set_: SetOpt = None,
 ) -> None:
-    """Synthetic data -> pre-training (the whole pipeline on a laptop)."""
-    from .data.registry import synthetic_root
-    from .pipeline import run_pretraining
+    """The whole pipeline on synthetic data: pre-train (BAR, S2S), fine-tune 4 tasks + baseline, tables."""
+    from .demo import run_demo
 
     _setup_logging()
-    start = time.perf_counter()
-    extra = _cli_overrides(max_steps=max_steps, pretrain={"mask": mask.value},
-                           data={"synthetic_n": n} if n is not None else {})
     try:
-        cfg = load_config(preset, None, set_ or [], extra)
+        cfg = load_config(preset, None, set_ or [], _cli_overrides(data={"synthetic_n": n} if n is not None else {}))
     except ConfigError as exc:
         raise _fail(exc) from None
     os.environ.setdefault("MEDVILL_CACHE", str(output / "cache"))
-    console.rule("[bold]1. synthetic chest X-ray data")
-    t0 = time.perf_counter()
-    data_root = synthetic_root(cfg.data.synthetic_n, cfg.model.image_size, cfg.data.synthetic_seed)
-    cfg.data.root = str(data_root)
-    console.print(f"{cfg.data.synthetic_n} image-report pairs at {cfg.model.image_size} px in {data_root} "
-                  f"({time.perf_counter() - t0:.1f} s)")
-    console.rule(f"[bold]2. pre-training ({mask.value})")
-    run = run_pretraining(cfg, output / f"pretrain-{mask.value}", console=console)
-    _print_losses(run.result.history)
-    wall = time.perf_counter() - start
-    summary = {
-        "preset": preset, "mask": mask.value, "steps": run.result.steps, "wall_time_s": round(wall, 1),
-        "pretrain_time_s": round(run.result.wall_time, 1), "first": run.result.history[0] if run.result.history else None,
-        "last": run.result.history[-1] if run.result.history else None,
-    }
-    (output / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"demo finished in {wall:.0f} s; summary in {output / 'demo_summary.json'}")
+    output.mkdir(parents=True, exist_ok=True)
+    result = run_demo(cfg, output, n_bootstrap=bootstrap, pretrain_steps=max_steps, console=console)
+    for mask, hist in result["pretrain"].items():
+        console.print(f"[bold]pre-training {mask}[/bold]")
+        _print_losses(hist)
+    console.print(f"demo finished in {result['timings']['total_s']:.0f} s; tables in {output / 'results.md'}, "
+                  f"results.csv, results.json")
 
 
 def _print_losses(history: list[dict[str, Any]]) -> None:
