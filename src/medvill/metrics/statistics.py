@@ -3,6 +3,7 @@ independent two-sample t-tests between models (scipy), significance level 0.05."
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,4 +45,6 @@ def ttest(a: list[float], b: list[float]) -> float:
     """p-value of the independent two-sample t-test (equal variances, as scipy's default)."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("a t-test needs at least two values per group")
-    return float(stats.ttest_ind(a, b).pvalue)
+    with warnings.catch_warnings():  # identical samples: scipy warns about precision and returns nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b).pvalue)
