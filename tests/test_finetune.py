@@ -107,10 +107,24 @@ def test_retrieval_finetune_and_trial_evaluation(synthetic_root, pretrained, tmp
     pre = MedViLLForPretraining.from_pretrained(pretrained)
     assert model.irm_head.weight.shape == pre.irm_head.weight.shape
     cfg = cfg_for(synthetic_root, 0, "eval.n_candidates=10")
-    metrics = run_evaluation("retrieval", out, cfg, split="test", n_bootstrap=5)
+    from medvill.modeling.medvill import MedViLLModel
+
+    encoded = []
+    original = MedViLLModel.encode_image
+
+    def counting(self, images):
+        encoded.append(images.shape[0])
+        return original(self, images)
+
+    MedViLLModel.encode_image = counting
+    try:
+        metrics = run_evaluation("retrieval", out, cfg, split="test", n_bootstrap=5)
+    finally:
+        MedViLLModel.encode_image = original
     n_test = 16
     assert metrics["trials"]["full"] == n_test
-    assert metrics["trials"]["cnn_passes"] == n_test  # CNN features once per image, not per candidate pair
+    assert sum(encoded) == n_test  # the CNN sees each image once, not once per candidate pair
+    assert metrics["trials"]["cnn_passes"] == n_test
     assert metrics["trials"]["pair_scores"] <= n_test * n_test
     for d in ("r2i", "i2r"):
         for k in ("hit@5", "recall@5", "precision@5", "mrr"):
