@@ -19,3 +19,24 @@ class Task(Protocol):
     name: str
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> StepOutput: ...
+
+
+@torch.no_grad()
+def run_over(model: nn.Module, loader, output_fn, target_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluate ``model`` over a loader in eval mode: ``output_fn(logits)`` per batch and the
+    batch's ``target_key``, concatenated and put back in data set order (by ``index``)."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs, targets, index = [], [], []
+    try:
+        for batch in loader:
+            logits = model(batch["text_ids"].to(device), batch["text_valid"].to(device),
+                           images=batch["images"].to(device)).logits
+            outputs.append(output_fn(logits.float()).cpu())
+            targets.append(batch[target_key])
+            index.append(batch["index"])
+    finally:
+        model.train(was)
+    order = torch.cat(index).argsort()
+    return torch.cat(outputs)[order], torch.cat(targets)[order]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..data.records import Record
 from ..metrics import classification_metrics
-from .base import StepOutput
+from .base import StepOutput, run_over
 
 
 def binary_targets(records: list[Record]) -> np.ndarray:
@@ -31,22 +31,10 @@ class ClassificationTask:
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch["targets"].float())
         return StepOutput(loss=loss, metrics={"bce": loss.item()})
 
-    @torch.no_grad()
     def predict(self, model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and targets over a whole loader, in data set order."""
-        was = model.training
-        model.eval()
-        probs, targets, index = [], [], []
-        device = next(model.parameters()).device
-        for batch in loader:
-            logits = model(batch["text_ids"].to(device), batch["text_valid"].to(device),
-                           images=batch["images"].to(device)).logits
-            probs.append(torch.sigmoid(logits.float()).cpu())
-            targets.append(batch["targets"])
-            index.append(batch["index"])
-        model.train(was)
-        order = torch.cat(index).argsort()
-        return torch.cat(probs)[order].numpy(), torch.cat(targets)[order].numpy()
+        probs, targets = run_over(model, loader, torch.sigmoid, "targets")
+        return probs.numpy(), targets.numpy()
 
     def metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         return classification_metrics(targets, probs)

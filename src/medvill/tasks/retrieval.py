@@ -26,7 +26,7 @@ from ..data.transforms import load_image
 from ..labels import positive_set
 from ..metrics import Trial, build_trials, ranking_metrics
 from ..tokenization import MedTokenizer
-from .base import StepOutput
+from .base import StepOutput, run_over
 
 
 class RetrievalTask:
@@ -38,19 +38,9 @@ class RetrievalTask:
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch["is_matched"].float())
         return StepOutput(loss=loss, metrics={"match_bce": loss.item()})
 
-    @torch.no_grad()
     def match_auroc(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        was = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        scores, labels = [], []
-        for batch in loader:
-            scores.append(model(batch["text_ids"].to(device), batch["text_valid"].to(device),
-                                images=batch["images"].to(device)).logits.float().cpu())
-            labels.append(batch["is_matched"])
-        model.train(was)
-        y = torch.cat(labels).numpy()
-        s = torch.cat(scores).numpy()
+        scores, labels = run_over(model, loader, lambda logits: logits, "is_matched")
+        y, s = labels.numpy(), scores.numpy()
         auc = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
         return {"match_auroc": auc, "match_accuracy": float(((s > 0) == (y == 1)).mean())}
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..data.vqa_rad import VQAItem, build_answer_vocab
 from ..metrics import vqa_accuracy
-from .base import StepOutput
+from .base import StepOutput, run_over
 
 ANSWERS_FILE = "answers.json"
 
@@ -58,21 +58,10 @@ class VQATask:
         loss = F.cross_entropy(logits.float(), batch["targets"].long(), ignore_index=-1)
         return StepOutput(loss=loss, metrics={"ce": loss.item()})
 
-    @torch.no_grad()
     def predict(self, model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-        was = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        preds, targets, index = [], [], []
-        for batch in loader:
-            logits = model(batch["text_ids"].to(device), batch["text_valid"].to(device),
-                           images=batch["images"].to(device)).logits
-            preds.append(logits.argmax(-1).cpu())
-            targets.append(batch["targets"])
-            index.append(batch["index"])
-        model.train(was)
-        order = torch.cat(index).argsort()
-        return torch.cat(preds)[order].numpy(), torch.cat(targets)[order].numpy()
+        """Predicted answer indices and targets over a whole loader, in data set order."""
+        preds, targets = run_over(model, loader, lambda logits: logits.argmax(-1), "targets")
+        return preds.numpy(), targets.numpy()
 
     def metrics(self, preds: np.ndarray, targets: np.ndarray, items: list[VQAItem]) -> dict[str, float]:
         predicted = [self.answers[p] for p in preds]
