@@ -183,32 +183,77 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _decode_pil(path: Path, draft_size: int | None) -> Decoded:
     with Image.open(path) as im:
-        fmt = im.format
-        if draft_size and fmt == "JPEG":
+        if draft_size and im.format == "JPEG":
             im.draft("L", (draft_size, draft_size))
         im.load()
-        prepared = _prepared_marker(im.info.get(PREPARED_KEY)) if fmt == "PNG" else None
-        mode = im.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            arr = np.asarray(im)
-            sbit = _png_sbit(path) if fmt == "PNG" else None
-            decoded = _decode_integer(arr, sbit, path)
-            return decoded._replace(prepared=prepared) if prepared else decoded
-        if mode == "F":
-            arr = np.asarray(im, dtype=np.float32)
-            if not np.isfinite(arr).all():
-                raise ValueError(f"cannot read image {path}: it contains NaN or infinite values")
-            lo, hi = float(arr.min()), float(arr.max())
-            if lo >= 0.0 and hi <= 1.0:
-                return Decoded(arr.copy(), "float")
-            return Decoded(_minmax(arr), "float", notes=(
-                f"floating-point values outside [0, 1] (min {lo:g}, max {hi:g}); stretched min..max to 0..1",))
-        if mode != "L":
-            im = im.convert("L")
-        pixels = np.asarray(im, dtype=np.float32) / 255.0
+        sbit = _png_sbit(path) if im.format == "PNG" and im.mode in INTEGER_MODES else None
+        return decode_pil_image(im, path, sbit=sbit)
+
+
+def decode_pil_image(im: Image.Image, source: str | Path = "<image>", *, sbit: int | None = None) -> Decoded:
+    """A Pillow image (any mode) to float32 [0, 1] with the conventions of :func:`decode_image`.
+
+    Files go through here after opening, so an in-memory image and the file it was read from
+    decode the same, except for what only the file holds: the PNG ``sBIT`` bit depth (pass
+    ``sbit``) and JPEG DCT draft scaling.  ``source`` names the image in messages.
+    """
+    fmt = im.format
+    prepared = _prepared_marker(im.info.get(PREPARED_KEY)) if fmt == "PNG" else None
+    mode = im.mode
+    if mode in INTEGER_MODES:
+        decoded = _decode_integer(np.asarray(im), sbit, source)
+        return decoded._replace(prepared=prepared) if prepared else decoded
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"cannot read image {source}: it contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return Decoded(arr.copy(), "float")
+        return Decoded(_minmax(arr), "float", notes=(
+            f"floating-point values outside [0, 1] (min {lo:g}, max {hi:g}); stretched min..max to 0..1",))
+    if mode != "L":
+        im = im.convert("L")
+    pixels = np.asarray(im, dtype=np.float32) / 255.0
     return Decoded(pixels, "prepared" if prepared else "8-bit", prepared=prepared)
+
+
+def image_from_array(arr: np.ndarray, source: str = "<array>") -> Image.Image:
+    """A numpy image as the Pillow image a file with the same pixels opens to, so that
+    :func:`decode_pil_image` treats both alike.
+
+    Accepted: 2-D gray (``uint8``; ``uint16`` or other integers = a deeper container, scaled
+    as a 16-bit file; floats in [0, 1], else min-max stretched) and ``(H, W, 1)``, ``(H, W, 3)``
+    RGB or ``(H, W, 4)`` RGBA ``uint8`` (converted to luminance like an RGB file).  Anything
+    else is a ``ValueError`` naming ``source``, the shape and the dtype.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    what = f"{source}: shape {arr.shape}, dtype {arr.dtype}"
+    if arr.size == 0 or arr.ndim not in (2, 3):
+        raise ValueError(f"cannot read image {what}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    if arr.ndim == 3:
+        if arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+            raise ValueError(f"cannot read image {what}: colour images must be uint8 with 3 (RGB) or 4 (RGBA) "
+                             "channels; pass deeper images as 2-D grayscale")
+        return Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.shape[2] == 3 else "RGBA")
+    if arr.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(arr), mode="L")
+    if arr.dtype == np.uint16:
+        return Image.fromarray(np.ascontiguousarray(arr))  # mode I;16, as a 16-bit PNG opens
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"cannot read image {what}: values outside the 32-bit integer range")
+        return Image.fromarray(arr.astype(np.int32), mode="I")
+    if np.issubdtype(arr.dtype, np.floating):
+        return Image.fromarray(arr.astype(np.float32), mode="F")
+    raise ValueError(f"cannot read image {what}: unsupported dtype (use uint8, uint16, integers or floats)")
 
 
 def _prepared_marker(text: Any) -> dict | None:
@@ -245,7 +290,7 @@ def _png_sbit(path: Path) -> int | None:
                 fh.seek(length + 4, 1)
 
 
-def _decode_integer(arr: np.ndarray, sbit: int | None, path: Path) -> Decoded:
+def _decode_integer(arr: np.ndarray, sbit: int | None, path: str | Path) -> Decoded:
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > 65535:
         return Decoded(_minmax(arr), "16-bit", None, float(hi), (
@@ -659,10 +704,22 @@ class Preprocess:
         d["pipeline_version"] = PIPELINE_VERSION
         return d
 
-    def run(self, path: str | Path) -> tuple[np.ndarray, list[str]]:
+    def run(self, path: str | Path | Image.Image | np.ndarray) -> tuple[np.ndarray, list[str]]:
         """The preprocessed image as float32 (image_size, image_size) in [0, 1] and the warnings
-        about it (decoder notes + failed sanity checks), *not* logged."""
-        decoded = decode_image(path, window=self.window, draft_size=2 * self.image_size)
+        about it (decoder notes + failed sanity checks), *not* logged.
+
+        ``path`` may also be an in-memory image: a Pillow image or a numpy array (see
+        :func:`image_from_array`), decoded by :func:`decode_pil_image` like the file it came from.
+        """
+        if isinstance(path, Image.Image):
+            return self.process(decode_pil_image(path, "<PIL image>"))
+        if isinstance(path, np.ndarray):
+            return self.process(decode_pil_image(image_from_array(path), "<array>"))
+        return self.process(decode_image(path, window=self.window, draft_size=2 * self.image_size))
+
+    def process(self, decoded: Decoded) -> tuple[np.ndarray, list[str]]:
+        """Steps 2-4 on an already decoded image (:meth:`run` after decoding; in-memory images
+        come here through :func:`decode_pil_image`)."""
         pixels = decoded.pixels
         warnings = list(decoded.notes)
         if decoded.prepared is None:
@@ -672,10 +729,14 @@ class Preprocess:
                 warnings += intensity_warnings(pixels, kind=decoded.kind, raw_max=decoded.raw_max)
         return resize_pad_array(pixels, self.image_size), warnings
 
-    def __call__(self, path: str | Path) -> Image.Image:
-        """The preprocessed 8-bit ``"L"`` image; warnings are logged once per file."""
+    def __call__(self, path: str | Path | Image.Image | np.ndarray) -> Image.Image:
+        """The preprocessed 8-bit ``"L"`` image; warnings are logged once per file (every time
+        for an in-memory image)."""
         pixels, warnings = self.run(path)
-        warn_once(path, warnings)
+        if isinstance(path, (str, Path)):
+            warn_once(path, warnings)
+        elif warnings:
+            log.warning("%s: %s", type(path).__name__, "; ".join(warnings))
         return Image.fromarray(to_uint8(pixels), mode="L")
 
 
@@ -691,9 +752,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_image(path: str | Path, size: int, preprocess: Preprocess | None = None) -> torch.Tensor:
-    """The model input for one file: :class:`Preprocess` (default settings, ``image_size=size``)
-    then :func:`to_tensor`.  Images of the prepared cache are used as prepared."""
+def load_image(path: str | Path | Image.Image | np.ndarray, size: int,
+               preprocess: Preprocess | None = None) -> torch.Tensor:
+    """The model input for one file (or in-memory image): :class:`Preprocess` (default settings,
+    ``image_size=size``) then :func:`to_tensor`.  Images of the prepared cache are used as
+    prepared.  Training and inference (:class:`medvill.Pipeline`) both call this."""
     pre = preprocess if preprocess is not None else Preprocess(image_size=size)
     if pre.image_size != size:
         pre = dataclasses.replace(pre, image_size=size)
