@@ -177,18 +177,32 @@ class TrainConfig:
     save_every: int = 0  # 0 = only at the end
     eval_every: int = 0  # fine-tuning: validate every N steps (0 = once, at the end)
     early_stopping_patience: int = 0  # stop after N validations without improvement (0 = off)
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; the weights and the optimiser stay fp32)
     cpu: bool = False  # force the CPU even where a GPU exists
     progress: bool = True
+    # memory options (batch_size is per process: global batch = batch_size x processes x grad_accum)
+    gradient_checkpointing: bool = False  # recompute each transformer layer in the backward pass
+    channels_last: bool = False  # CNN in channels_last memory format (faster convolutions on tensor-core GPUs)
+    batchnorm: str = "batch"  # CNN BatchNorm statistics: batch (per process) | sync (across GPUs) | frozen (running)
+    # long runs: training-state checkpoints for exact resume (see medvill.train.checkpoint)
+    checkpoint_every: int = 0  # write one every N optimiser steps into OUTPUT/checkpoints/ (0 = never)
+    keep_checkpoints: int = 2  # complete training-state checkpoints kept, the newest (0 = keep all)
+    resume: str | None = None  # auto (latest complete checkpoint in OUTPUT/checkpoints) or a checkpoint folder
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs (slower on GPUs)
 
     def validate(self) -> None:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16")
+        if self.batchnorm not in ("batch", "sync", "frozen"):
+            raise ConfigError(f"train.batchnorm: {self.batchnorm!r} is not one of batch, sync, frozen")
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
-        if self.max_steps < 0:
-            raise ConfigError("train.max_steps must be >= 0")
+        for name in ("max_steps", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0")
+        if self.resume is not None and not self.resume.strip():
+            raise ConfigError("train.resume: give 'auto' or a checkpoint folder (or leave it unset)")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ModelConfig
@@ -142,6 +143,10 @@ class EncoderOutput:
 
 
 class BertEncoder(nn.Module):
+    # set by the training loop (train.gradient_checkpointing): while training, each layer's
+    # activations are recomputed in the backward pass instead of being kept
+    gradient_checkpointing: bool = False
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
@@ -165,7 +170,11 @@ class BertEncoder(nn.Module):
         cache = [] if use_cache else None
         for i, layer in enumerate(self.layer):
             past = past_key_values[i] if past_key_values is not None else None
-            hidden, kv, probs = layer(hidden, mask, past, output_attentions)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden, kv, probs = torch.utils.checkpoint.checkpoint(
+                    layer, hidden, mask, past, output_attentions, use_reentrant=False)
+            else:
+                hidden, kv, probs = layer(hidden, mask, past, output_attentions)
             if cache is not None:
                 cache.append(kv)
             if all_hidden is not None:
