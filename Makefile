@@ -8,12 +8,13 @@ STAMP := $(VENV)/.medvill-deps-$(DEPS_KEY)
 export HF_HUB_OFFLINE ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow clean help
+.PHONY: setup demo test test-slow docs clean help
 
 help:
 	@echo "make demo   - set up .venv if needed, then run the demo on built-in synthetic data"
 	@echo "make test   - set up .venv if needed, then run the test suite (CPU, a few minutes)"
 	@echo "make setup  - only build the environment in $(VENV)"
+	@echo "make docs   - build the documentation into site/ (mkdocs build --strict)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,5 +37,9 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
 
+# user documentation (docs/, mkdocs.yml); --strict: any warning fails the build
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf demo-output .pytest_cache build src/*.egg-info
+	rm -rf demo-output .pytest_cache build site src/*.egg-info
