@@ -37,6 +37,7 @@ class MaskScheme(str, enum.Enum):
 
 
 BACKBONES = ("resnet50", "resnet101", "densenet121", "small_cnn")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex")
 
 
 @dataclass
@@ -60,6 +61,9 @@ class ModelConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+    # attention kernel (same results, different speed; see medvill.modeling.encoder):
+    # sdpa | eager (explicit softmax) | flex (FlexAttention block masks, skips fully masked blocks)
+    attn_implementation: str = "sdpa"
     # visual side
     backbone: str = "resnet50"
     backbone_pretrained: bool = True  # torchvision ImageNet weights (needs a network once)
@@ -91,6 +95,10 @@ class ModelConfig:
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone: {self.backbone!r} is not one of {BACKBONES}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"model.attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "

@@ -6,9 +6,25 @@ instead of importing ``transformers`` because its BERT treats boolean 4-D masks 
 additive 0/1 values with eager attention (silently wrong), and because a key/value cache
 for S2S decoding is simple here.
 
-Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the
-boolean mask, or through the explicit softmax path when attention probabilities are
-requested (attention maps) -- the two agree to float tolerance (tested).
+Attention kernels (``model.attn_implementation``; all give the same result to float
+tolerance, tested):
+
+* ``sdpa`` (default): ``torch.nn.functional.scaled_dot_product_attention`` with the boolean mask.
+* ``eager``: the explicit softmax path (always used when attention probabilities are
+  requested, e.g. for attention maps).
+* ``flex``: FlexAttention (``torch.nn.attention.flex_attention``, compiled with
+  ``torch.compile``) with a ``BlockMask`` built from the scheme's index function
+  (:func:`~medvill.modeling.masks.scheme_mask_mod`) or, for hand-made masks, from the dense
+  mask itself; key/value blocks that a query block may not see at all (the T columns of V
+  rows under S2S and Non-crossing, the upper causal triangle of T->T) are skipped.  It has
+  no attention-probability dropout: training with ``attention_probs_dropout_prob > 0`` is an
+  error.  Cached decoding steps (a KV cache, one or two queries) use SDPA: a block mask has
+  nothing to skip there.  Training needs CUDA: FlexAttention has no CPU backward (torch
+  2.14), so CPU training with ``flex`` is an error; CPU inference works (the compiled kernel
+  needs a C++ compiler and compiles for tens of seconds per new shape).  Padding the text to
+  a fixed length avoids recompiling for every batch length.
+  ``FLEX_COMPILE = False`` runs FlexAttention's unfused reference implementation instead
+  (slow; for checking).
 """
 
 from __future__ import annotations
@@ -22,10 +38,44 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ModelConfig
+from .masks import MaskMod
 
 ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+FLEX_COMPILE = True  # False: FlexAttention's unfused reference implementation (checking only)
+_compiled_flex = None
+
+
+def _flex_attention():
+    """``flex_attention``, compiled once per process (the fused kernel) unless ``FLEX_COMPILE`` is off."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not FLEX_COMPILE:
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    return _compiled_flex
+
+
+def flex_block_mask(mask: torch.Tensor, mask_mod: MaskMod | None = None):
+    """A FlexAttention ``BlockMask`` for the boolean mask ``(B, 1, S, S_total)``.
+
+    ``mask_mod``: the same mask as an index function (``scheme_mask_mod(...,
+    pad_rows_attend_self=True)``); without it the dense mask is looked up.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, _, s, t = mask.shape
+    if mask_mod is None:
+        dense = mask[:, 0]
+
+        def mask_mod(bi, h, q, kv):  # noqa: ANN001, ANN202 - FlexAttention's signature
+            return dense[bi, q, kv]
+
+    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=s, KV_LEN=t, device=mask.device)
 
 
 def _activation(name: str) -> nn.Module:
@@ -54,6 +104,8 @@ class BertSelfAttention(nn.Module):
         mask: torch.Tensor,  # (B, 1, S, S_total) bool
         past: KVCache | None = None,
         output_attentions: bool = False,
+        impl: str = "sdpa",  # sdpa | eager | flex (output_attentions forces eager)
+        block_mask=None,  # FlexAttention BlockMask for impl="flex"  # noqa: ANN001
     ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
         q = self._split(self.query(hidden))
         k = self._split(self.key(hidden))
@@ -63,11 +115,26 @@ class BertSelfAttention(nn.Module):
             v = torch.cat([past[1], v], dim=2)
         dropout = self.dropout_p if self.training else 0.0
         probs = None
-        if output_attentions:
+        if output_attentions or impl == "eager":
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, S, S_total)
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
             ctx = F.dropout(probs, dropout, self.training) @ v
+            if not output_attentions:
+                probs = None
+        elif impl == "flex":
+            if dropout > 0:
+                raise RuntimeError(
+                    "attn_implementation='flex' has no attention-probability dropout; train with "
+                    "model.attention_probs_dropout_prob=0 or use attn_implementation='sdpa'"
+                )
+            if q.device.type == "cpu" and q.requires_grad:
+                raise RuntimeError(
+                    f"attn_implementation='flex' cannot train on the CPU: FlexAttention has no CPU backward "
+                    f"in torch {torch.__version__}; use model.attn_implementation=sdpa there (flex runs CPU "
+                    "inference, and training on CUDA)"
+                )
+            ctx = _flex_attention()(q, k, v, block_mask=block_mask)
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         b, _, s, _ = ctx.shape
@@ -127,8 +194,10 @@ class BertLayer(nn.Module):
         mask: torch.Tensor,
         past: KVCache | None = None,
         output_attentions: bool = False,
+        impl: str = "sdpa",
+        block_mask=None,  # noqa: ANN001
     ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
-        ctx, kv, probs = self.attention.self(hidden, mask, past, output_attentions)
+        ctx, kv, probs = self.attention.self(hidden, mask, past, output_attentions, impl, block_mask)
         attn_out = self.attention.output(ctx, hidden)
         out = self.output(self.intermediate(attn_out), attn_out)
         return out, kv, probs
@@ -149,6 +218,7 @@ class BertEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.config = cfg  # attn_implementation is read at every call (switchable)
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
     def forward(
@@ -159,12 +229,21 @@ class BertEncoder(nn.Module):
         use_cache: bool = False,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        mask_mod: MaskMod | None = None,  # the mask as an index function (flex only)
     ) -> EncoderOutput:
         if mask.dtype != torch.bool:
             raise TypeError("the attention mask must be boolean (True = may attend)")
         if mask.dim() == 3:
             mask = mask[:, None]
         mask = ensure_nonempty_rows(mask)
+        impl = self.config.attn_implementation
+        if impl not in ("sdpa", "eager", "flex"):
+            raise ValueError(f"model.attn_implementation: {impl!r} is not one of sdpa, eager, flex")
+        if output_attentions:
+            impl = "eager"
+        elif impl == "flex" and past_key_values is not None:
+            impl = "sdpa"  # cached decoding steps: a block mask has nothing to skip
+        block_mask = flex_block_mask(mask, mask_mod) if impl == "flex" else None
         all_hidden = [hidden] if output_hidden_states else None
         all_attn = [] if output_attentions else None
         cache = [] if use_cache else None
@@ -172,9 +251,9 @@ class BertEncoder(nn.Module):
             past = past_key_values[i] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden, kv, probs = torch.utils.checkpoint.checkpoint(
-                    layer, hidden, mask, past, output_attentions, use_reentrant=False)
+                    layer, hidden, mask, past, output_attentions, impl, block_mask, use_reentrant=False)
             else:
-                hidden, kv, probs = layer(hidden, mask, past, output_attentions)
+                hidden, kv, probs = layer(hidden, mask, past, output_attentions, impl, block_mask)
             if cache is not None:
                 cache.append(kv)
             if all_hidden is not None:

@@ -28,6 +28,7 @@ paper's definition and it is kept; generation is fine-tuned with S2S, as in the 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,13 +103,10 @@ def valid_positions(layout: SequenceLayout, text_valid: torch.Tensor) -> torch.T
     return torch.cat([head, text_valid.bool()], dim=1)
 
 
-def build_attention_mask(scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor) -> torch.Tensor:
-    """The boolean attention mask ``(B, S, S)`` of a concrete scheme.
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-    ``text_valid``: ``(B, T)`` bool, True for report tokens and SEP_L, False for PAD; the
-    text part must be left-aligned (padding at the end).  ``layout.cls_l`` must be True for
-    Non-crossing and False otherwise.
-    """
+
+def _check_scheme(scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor) -> MaskScheme:
     scheme = MaskScheme(scheme)
     if scheme == MaskScheme.BI_S2S:
         raise ValueError("Bi&S2S is chosen per batch: call resolve_scheme() first")
@@ -116,34 +114,62 @@ def build_attention_mask(scheme: MaskScheme, layout: SequenceLayout, text_valid:
         raise ValueError(f"scheme {scheme.value} {'needs' if uses_cls_l(scheme) else 'has no'} CLS_L token")
     if text_valid.shape[1] != layout.text_len:
         raise ValueError(f"text_valid has {text_valid.shape[1]} columns, layout expects {layout.text_len}")
+    return scheme
 
+
+def scheme_mask_mod(
+    scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor, pad_rows_attend_self: bool = False
+) -> MaskMod:
+    """The mask of a concrete scheme as an index function ``mod(b, h, q, kv) -> bool``.
+
+    This is the single definition of every scheme: :func:`build_attention_mask` evaluates
+    it on the whole ``(B, S, S)`` grid, and the FlexAttention path hands it to
+    ``create_block_mask`` (which evaluates it per block and skips blocks where it is False
+    everywhere).  Only tensor operations on the indices are used, so it works under
+    ``torch.vmap`` / ``torch.compile`` and with broadcast index tensors.
+
+    ``pad_rows_attend_self``: let a PAD query row attend its own position (the encoder's
+    rule for rows that may attend nothing, :func:`~medvill.modeling.encoder.ensure_nonempty_rows`);
+    every real row already attends itself under every scheme.
+    """
+    scheme = _check_scheme(scheme, layout, text_valid)
+    nv = layout.num_v_group
+    valid = valid_positions(layout, text_valid)  # (B, S)
+
+    def mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        q_v, k_v = q < nv, kv < nv  # query / key in group V
+        if scheme == MaskScheme.BI:
+            allowed = kv >= 0  # every pair
+        elif scheme == MaskScheme.S2S:  # V->V, T->V, T->T causal
+            allowed = k_v | (~q_v & (kv <= q))
+        elif scheme == MaskScheme.BAR:  # every block but T->T, which is causal
+            allowed = q_v | k_v | (kv <= q)
+        else:  # NON_CROSSING: V->V, T->T
+            allowed = q_v == k_v
+        q_valid = valid[b, q]
+        keep = allowed & q_valid & valid[b, kv]
+        if pad_rows_attend_self:
+            keep = keep | (~q_valid & (q == kv))
+        return keep
+
+    return mod
+
+
+def build_attention_mask(scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor) -> torch.Tensor:
+    """The boolean attention mask ``(B, S, S)`` of a concrete scheme.
+
+    ``text_valid``: ``(B, T)`` bool, True for report tokens and SEP_L, False for PAD; the
+    text part must be left-aligned (padding at the end).  ``layout.cls_l`` must be True for
+    Non-crossing and False otherwise.  The mask is :func:`scheme_mask_mod` evaluated on the
+    whole grid.
+    """
+    mod = scheme_mask_mod(scheme, layout, text_valid)
     device = text_valid.device
     s = layout.length
-    nv = layout.num_v_group
-    is_v = torch.zeros(s, dtype=torch.bool, device=device)
-    is_v[:nv] = True
-    is_t = ~is_v
+    b = torch.arange(text_valid.shape[0], device=device)[:, None, None]
     idx = torch.arange(s, device=device)
-    causal = idx[None, :] <= idx[:, None]  # key at or before query
-
-    v_rows_t_cols = is_v[:, None] & is_t[None, :]
-    t_rows_v_cols = is_t[:, None] & is_v[None, :]
-    v_v = is_v[:, None] & is_v[None, :]
-    t_t = is_t[:, None] & is_t[None, :]
-
-    if scheme == MaskScheme.BI:
-        base = torch.ones(s, s, dtype=torch.bool, device=device)
-    elif scheme == MaskScheme.S2S:
-        base = v_v | t_rows_v_cols | (t_t & causal)
-    elif scheme == MaskScheme.BAR:
-        base = v_v | v_rows_t_cols | t_rows_v_cols | (t_t & causal)
-    elif scheme == MaskScheme.NON_CROSSING:
-        base = v_v | t_t
-    else:  # pragma: no cover - exhaustive
-        raise ValueError(f"unknown scheme {scheme}")
-
-    valid = valid_positions(layout, text_valid)  # (B, S)
-    return base[None, :, :] & valid[:, None, :] & valid[:, :, None]
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    return mod(b, zero, idx[None, :, None], idx[None, None, :])  # (B, S, S)
 
 
 def summary_indices(scheme: MaskScheme, layout: SequenceLayout, text_valid: torch.Tensor) -> list[torch.Tensor]:

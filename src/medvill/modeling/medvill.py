@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import MaskScheme, ModelConfig
 from .encoder import BertEncoder, BertPooler, KVCache, init_bert_weights
-from .masks import SequenceLayout, build_attention_mask, summary_indices, uses_cls_l
+from .masks import SequenceLayout, build_attention_mask, scheme_mask_mod, summary_indices, uses_cls_l
 from .pretrained import PreTrainedModel, register
 from .visual import VisualEncoder, sample_visual_tokens
 
@@ -143,12 +143,16 @@ class MedViLLModel(PreTrainedModel):
         layout = SequenceLayout(num_visual=feats.shape[1], text_len=text_ids.shape[1], cls_l=cls_l)
         mask = build_attention_mask(scheme, layout, text_valid)
         hidden = self.embeddings(feats, grid, text_ids, cls_l)
+        mask_mod = None  # FlexAttention builds its block mask from the same index function
+        if self.config.attn_implementation == "flex" and not output_attentions:
+            mask_mod = scheme_mask_mod(scheme, layout, text_valid, pad_rows_attend_self=True)
         enc = self.encoder(
             hidden,
             mask,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            mask_mod=mask_mod,
         )
         return MedViLLOutput(
             last_hidden_state=enc.last_hidden_state,
