@@ -77,7 +77,13 @@ def build_backbone(cfg: ModelConfig, load_pretrained: bool = True) -> tuple[nn.M
 
 
 class VisualEncoder(nn.Module):
-    """Image ``(B, 3, H, W)`` -> features ``(B, K, C)`` in row-major grid order."""
+    """Image ``(B, 3, H, W)`` -> features ``(B, K, C)`` in row-major grid order.
+
+    ``channels_last`` (set with :func:`medvill.train.memory.apply_memory_options`) runs the
+    CNN on NHWC tensors, the layout tensor-core convolutions prefer; the output is the same.
+    """
+
+    channels_last: bool = False
 
     def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
         super().__init__()
@@ -85,6 +91,8 @@ class VisualEncoder(nn.Module):
         self.grid_size = cfg.grid_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         fmap = self.trunk(images)  # (B, C, h, w)
         if fmap.shape[-2:] != (self.grid_size, self.grid_size):
             raise ValueError(

@@ -8,6 +8,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..train.distributed import gather_lists, shard_loader
+
 
 @dataclass
 class StepOutput:
@@ -24,13 +26,16 @@ class Task(Protocol):
 @torch.no_grad()
 def run_over(model: nn.Module, loader, output_fn, target_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate ``model`` over a loader in eval mode: ``output_fn(logits)`` per batch and the
-    batch's ``target_key``, concatenated and put back in data set order (by ``index``)."""
+    batch's ``target_key``, concatenated and put back in data set order (by ``index``).
+
+    Under several processes each scores a share of the batches and all receive the whole
+    result (:mod:`medvill.train.distributed`), so every process computes the same metrics."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     outputs, targets, index = [], [], []
     try:
-        for batch in loader:
+        for batch in shard_loader(loader):
             logits = model(batch["text_ids"].to(device), batch["text_valid"].to(device),
                            images=batch["images"].to(device)).logits
             outputs.append(output_fn(logits.float()).cpu())
@@ -38,5 +43,6 @@ def run_over(model: nn.Module, loader, output_fn, target_key: str) -> tuple[torc
             index.append(batch["index"])
     finally:
         model.train(was)
+    outputs, targets, index = gather_lists(outputs), gather_lists(targets), gather_lists(index)
     order = torch.cat(index).argsort()
     return torch.cat(outputs)[order], torch.cat(targets)[order]

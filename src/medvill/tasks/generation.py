@@ -19,6 +19,7 @@ from ..config import MaskScheme
 from ..generation import GenerationConfig, generate, reference_nll
 from ..metrics import bleu4, clinical_efficacy
 from ..tokenization import MedTokenizer
+from ..train.distributed import gather_lists, shard_loader
 from .base import StepOutput
 
 
@@ -44,13 +45,14 @@ class GenerationTask:
         model.eval()
         device = next(model.parameters()).device
         nlls, counts, index = [], [], []
-        for batch in loader:
+        for batch in shard_loader(loader):  # a share per process, gathered below
             nll, n = reference_nll(model, batch["images"].to(device), batch["text_ids"].to(device),
                                    batch["text_valid"].to(device))
             nlls.append(nll.cpu())
             counts.append(n.cpu())
             index.append(batch["index"])
         model.train(was)
+        nlls, counts, index = gather_lists(nlls), gather_lists(counts), gather_lists(index)
         order = torch.cat(index).argsort()
         return torch.cat(nlls)[order].numpy(), torch.cat(counts)[order].numpy()
 

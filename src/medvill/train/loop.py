@@ -2,16 +2,27 @@
 
 The loop knows nothing about tasks: a task turns a batch into a :class:`StepOutput`.
 The same code runs on one CPU, one GPU, or several processes under ``accelerate launch``
-(distributed sampling, gradient synchronisation through the prepared model, rank-0-only
-logging and saving).  Optimiser: AdamW with separate learning rates for the CNN backbone
-and the rest, no weight decay on biases and LayerNorm weights, linear warm-up then linear
-decay, gradient clipping.
+(each process draws its own batches of one seeded order, gradients are averaged by the
+prepared model, logged metrics are averaged over processes, validation metrics are computed
+from every process's share, and only the main process writes files).  Optimiser: AdamW with
+separate learning rates for the CNN backbone and the rest, no weight decay on biases and
+LayerNorm weights, linear warm-up then linear decay (one scheduler step per optimiser step,
+whatever the number of processes), gradient clipping.
+
+``train.batch_size`` is per process: the global batch of one optimiser step is
+``batch_size x processes x grad_accum``.  Mixed precision (``train.mixed_precision``) is
+Accelerate's autocast; memory options are in :mod:`medvill.train.memory`; training-state
+checkpoints and exact resume (``train.checkpoint_every``, ``train.resume``) in
+:mod:`medvill.train.checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -20,15 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.state import AcceleratorState, PartialState, is_initialized
+from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
+from ..modeling.pretrained import atomic_write_text
 from ..tasks.base import Task
+from .checkpoint import (
+    LoopState, checkpoint_root, find_resume_checkpoint, load_training_state, save_training_state, set_rng_state,
+)
+from .memory import apply_memory_options
 
 METRICS_LOG = "metrics.jsonl"
 
@@ -39,6 +56,7 @@ class TrainResult:
     wall_time: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per log interval
     selection: dict[str, Any] | None = None  # model selection on the validation split
+    resumed_from: str | None = None  # the training-state checkpoint this run continued
 
     def first(self, key: str) -> float | None:
         vals = [h[key] for h in self.history if key in h]
@@ -50,10 +68,16 @@ class TrainResult:
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for ``cfg``.  The data order comes from Accelerate's seedable sampler
+    (a function of ``train.seed`` and the epoch), which exact resume relies on."""
+    if is_initialized() and PartialState().num_processes == 1:
+        # one process may train several models (the demo, tests) with other precision settings
+        AcceleratorState._reset_state()
     return Accelerator(
         cpu=cfg.cpu or not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
 
 
@@ -89,20 +113,43 @@ def warmup_linear(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _forever(loader: DataLoader, start_epoch: int = 0) -> Iterator[tuple[int, dict]]:
-    epoch = start_epoch
+
+def _batches(loader: DataLoader, epoch: int = 0, skip: int = 0,
+             skip_first: Callable[[DataLoader, int], DataLoader] | None = None) -> Iterator[tuple[int, int, dict]]:
+    """``(epoch, batches consumed in that epoch, batch)`` forever, starting ``skip`` batches
+    into ``epoch`` (a resumed run; ``skip_first`` is Accelerate's ``skip_first_batches``)."""
     while True:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         if hasattr(loader.dataset, "set_epoch"):
             loader.dataset.set_epoch(epoch)
-        n = 0
-        for batch in loader:
+        source = skip_first(loader, skip) if skip and skip_first is not None else loader
+        n = skip
+        for batch in source:
             n += 1
-            yield epoch, batch
+            yield epoch, n, batch
         if n == 0:
             raise ValueError("the training data loader yielded no batch (data set smaller than one batch?)")
         epoch += 1
+        skip = 0
+
+
+@contextlib.contextmanager
+def deterministic_mode(on: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` for the duration (restored afterwards)."""
+    if not on:
+        yield
+        return
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
 
 
 def fit(
@@ -128,126 +175,221 @@ def fit(
     validation metrics; never the test split) the model is validated every
     ``cfg.eval_every`` steps and at the end, ``output_dir`` holds the checkpoint with the
     best ``select_metric`` (``select_mode`` max or min), ``selection.json`` records it, and
-    ``cfg.early_stopping_patience`` validations without improvement stop training.
-    """
-    output_dir = Path(output_dir)
-    accelerator = accelerator or make_accelerator(cfg)
-    console = console or Console()
-    set_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, cfg.max_steps))
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    main = accelerator.is_main_process
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    log_path = output_dir / METRICS_LOG
-    result = TrainResult(steps=0, wall_time=0.0)
-    start = time.perf_counter()
+    ``cfg.early_stopping_patience`` validations without improvement stop training.  Under
+    several processes ``evaluate`` runs on every process and the main process's metrics
+    decide, so every process takes the same decision.
 
+    Long runs: every ``cfg.checkpoint_every`` steps the whole training state goes into
+    ``output_dir/checkpoints/step-N``; ``cfg.resume`` (``auto`` or a folder) continues from
+    one, with the same batches, random numbers and log as if the run had not stopped.
+    """
     if evaluate is not None and select_metric is None:
         raise ValueError("model selection needs select_metric")
-    if cfg.max_steps == 0:
-        if main:
-            save_fn(accelerator.unwrap_model(model), output_dir)
+    if select_mode not in ("max", "min"):
+        raise ValueError(f"select_mode must be max or min, not {select_mode!r}")
+    with deterministic_mode(cfg.deterministic):
+        run = _Run(model, task, train_loader, cfg, Path(output_dir), save_fn, accelerator or make_accelerator(cfg),
+                   console or Console(), evaluate, select_metric, select_mode)
+        return run.train()
+
+
+class _Run:
+    """One call of :func:`fit`: the prepared objects and the loop state."""
+
+    def __init__(self, model: nn.Module, task: Task, loader: DataLoader, cfg: TrainConfig, output_dir: Path,
+                 save_fn: Callable[[nn.Module, Path], None], accelerator: Accelerator, console: Console,
+                 evaluate: Callable[[nn.Module], dict[str, float]] | None, select_metric: str | None,
+                 select_mode: str):
+        self.task, self.cfg, self.output_dir, self.save_fn = task, cfg, output_dir, save_fn
+        self.acc, self.console, self.evaluate, self.select_metric = accelerator, console, evaluate, select_metric
+        self.select_mode = select_mode
+        self.sign = 1.0 if select_mode == "max" else -1.0
+        self.main = accelerator.is_main_process
+        set_seed(cfg.seed)
+        model = apply_memory_options(model, cfg, accelerator.num_processes, accelerator.device.type)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+        # not prepared: Accelerate would step a prepared scheduler once per process and step
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, cfg.max_steps))
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
+        self.state = LoopState()
+        self.resumed_from: Path | None = None
+        self.rng: dict[str, Any] | None = None
+        if cfg.resume:
+            self._resume()
+        self.log_path = output_dir / METRICS_LOG
+        if self.main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            # the log as of the checkpoint (a fresh run starts an empty one): no step twice
+            atomic_write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.state.log))
         accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ resume
+
+    def _resume(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        found: list[Any] = [None, None]  # checkpoint path, error message
+        if self.main:
+            try:
+                path = find_resume_checkpoint(self.output_dir, cfg.resume, say=self.console.print)
+                found[0] = str(path) if path is not None else None
+            except ConfigError as exc:
+                found[1] = str(exc)
+        if acc.num_processes > 1:
+            found = broadcast_object_list(found)
+        if found[1] is not None:
+            raise ConfigError(found[1])
+        if found[0] is None:
+            self._say(f"resume: no complete checkpoint in {checkpoint_root(self.output_dir)}; starting at step 0")
+            return
+        self.resumed_from = Path(found[0])
+        self.state, self.rng = load_training_state(self.resumed_from, cfg, acc, self.model, self.optimizer,
+                                                   self.scheduler)
+        acc.step = self.state.micro_step
+        st = self.state
+        self._say(f"resuming from {self.resumed_from}: step {st.step}, epoch {st.epoch} "
+                  f"(+{st.batches_in_epoch} batches)")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _say(self, text: str) -> None:
+        if self.main:
+            self.console.print(text)
+
+    def _write_log(self, entry: dict[str, Any]) -> None:
+        self.state.log.append(entry)
+        if self.main:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+    def _elapsed(self) -> float:
+        return self.state.elapsed_s + time.perf_counter() - self.start
+
+    def _save_model(self, directory: Path) -> None:
+        self.acc.wait_for_everyone()
+        if self.main:
+            self.save_fn(self.acc.unwrap_model(self.model), directory)
+        self.acc.wait_for_everyone()
+
+    def _validate(self) -> bool:
+        """Run ``evaluate``; save on improvement; return True when patience is exhausted."""
+        st, acc = self.state, self.acc
+        metrics = self.evaluate(acc.unwrap_model(self.model))
+        self.model.train()
+        if acc.num_processes > 1:  # one decision for every process
+            metrics = broadcast_object_list([metrics])[0]
+        value = self.sign * metrics[self.select_metric]
+        best = st.best_value if st.best_value is not None else -math.inf
+        st.evaluations.append({"step": st.step, **metrics})
+        self._write_log({"step": st.step, "split": "validate", **metrics})
+        self._say(f"validate step {st.step}: {self.select_metric} {self.sign * value:.4f} "
+                  f"(best {self.sign * max(best, value):.4f})")
+        if value > best:
+            st.best_value, st.best_step, st.stale = value, st.step, 0
+            self._save_model(self.output_dir)
+        else:
+            st.stale += 1
+        return bool(self.cfg.early_stopping_patience and st.stale >= self.cfg.early_stopping_patience)
+
+    def _checkpoint(self) -> None:
+        snapshot = dataclasses.replace(self.state, micro_step=self.acc.step, elapsed_s=self._elapsed())
+        path = save_training_state(checkpoint_root(self.output_dir), snapshot, self.cfg, self.acc, self.model,
+                                   self.optimizer, self.scheduler, keep=self.cfg.keep_checkpoints)
+        if not (self.cfg.progress and self.console.is_terminal):
+            self._say(f"training state saved: {path}")
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> TrainResult:
+        cfg, acc, st, model = self.cfg, self.acc, self.state, self.model
+        self.start = time.perf_counter()
+        if cfg.max_steps == 0:
+            self._save_model(self.output_dir)
+            return TrainResult(steps=0, wall_time=0.0)
+        if self.resumed_from is not None and cfg.max_steps != self._saved_max_steps():
+            self._say(f"note: train.max_steps is {cfg.max_steps}, the checkpoint's run had "
+                      f"{self._saved_max_steps()}; the learning-rate schedule follows the new value")
+        model.train()
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+            disable=not (self.main and cfg.progress), transient=False,
+        )
+        data = _batches(self.loader, st.epoch, st.batches_in_epoch, acc.skip_first_batches)
+        if self.rng is not None:
+            set_rng_state(self.rng)  # exactly where the checkpointed run was
+        stopped = False
+        with progress:
+            bar = progress.add_task(getattr(self.task, "name", "train"), total=cfg.max_steps, completed=st.step,
+                                    info="")
+            while st.step < cfg.max_steps:
+                epoch, consumed, batch = next(data)
+                with acc.accumulate(model):
+                    out = self.task.training_step(model, batch, st.step)
+                    if not torch.isfinite(out.loss):
+                        raise FloatingPointError(f"loss is {out.loss.item()} at step {st.step}; lower train.lr "
+                                                 "or check the data")
+                    acc.backward(out.loss)
+                    if acc.sync_gradients and cfg.grad_clip > 0:
+                        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    self.optimizer.step()  # a no-op between accumulation boundaries
+                    if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                st.epoch, st.batches_in_epoch = epoch, consumed
+                for k, v in {"loss": out.loss.item(), **out.metrics}.items():
+                    st.sums[k] = st.sums.get(k, 0.0) + v
+                st.count += 1
+                if not acc.sync_gradients:
+                    continue
+                st.step += 1
+                if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
+                    self._log_train(progress, bar)
+                progress.advance(bar)
+                if (self.evaluate is not None and cfg.eval_every and st.step % cfg.eval_every == 0
+                        and st.step < cfg.max_steps):
+                    stopped = self._validate()
+                if cfg.save_every and st.step % cfg.save_every == 0 and st.step < cfg.max_steps:
+                    self._save_model(self.output_dir / f"step-{st.step}")
+                if stopped:
+                    self._say(f"early stopping at step {st.step}: no improvement in "
+                              f"{cfg.early_stopping_patience} validations")
+                    break
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < cfg.max_steps:
+                    self._checkpoint()
+        result = TrainResult(steps=st.step, wall_time=time.perf_counter() - self.start,
+                             resumed_from=str(self.resumed_from) if self.resumed_from else None)
+        if self.evaluate is None:
+            self._save_model(self.output_dir)
+        else:
+            if not st.evaluations or st.evaluations[-1]["step"] != st.step:
+                self._validate()
+            best = st.best_value if st.best_value is not None else -math.inf
+            result.selection = {"metric": self.select_metric, "mode": self.select_mode, "best": self.sign * best,
+                                "best_step": st.best_step, "evaluations": st.evaluations}
+            if self.main:
+                atomic_write_text(self.output_dir / "selection.json", json.dumps(result.selection, indent=2) + "\n")
+            acc.wait_for_everyone()
+        result.history = st.history
         return result
 
-    sums: dict[str, float] = defaultdict(float)
-    count = 0
-    step = 0
-    sign = 1.0 if select_mode == "max" else -1.0
-    best: dict[str, Any] = {"value": -math.inf, "step": None, "evaluations": []}  # value is sign * metric
-    stale = 0
+    def _saved_max_steps(self) -> int | None:
+        meta = json.loads((self.resumed_from / "trainer_state.json").read_text()) if self.resumed_from else {}
+        return meta.get("max_steps")
 
-    def validate() -> bool:
-        """Run ``evaluate``; save on improvement; return True when patience is exhausted."""
-        nonlocal stale
-        metrics = evaluate(accelerator.unwrap_model(model))
-        model.train()
-        value = sign * metrics[select_metric]
-        best["evaluations"].append({"step": step, **metrics})
-        if main:
-            with log_path.open("a") as fh:
-                fh.write(json.dumps({"step": step, "split": "validate", **metrics}) + "\n")
-            console.print(f"validate step {step}: {select_metric} {sign * value:.4f} "
-                          f"(best {sign * max(best['value'], value):.4f})")
-        if value > best["value"]:
-            best.update(value=value, step=step)
-            stale = 0
-            accelerator.wait_for_everyone()
-            if main:
-                save_fn(accelerator.unwrap_model(model), output_dir)
-        else:
-            stale += 1
-        return bool(cfg.early_stopping_patience and stale >= cfg.early_stopping_patience)
-
-    model.train()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (main and cfg.progress),
-        transient=False,
-    )
-    with progress:
-        bar = progress.add_task(getattr(task, "name", "train"), total=cfg.max_steps, info="")
-        data = _forever(train_loader)
-        while step < cfg.max_steps:
-            epoch, batch = next(data)
-            with accelerator.accumulate(model):
-                out = task.training_step(model, batch, step)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"loss is {out.loss.item()} at step {step}; lower train.lr or check the data")
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in {"loss": out.loss.item(), **out.metrics}.items():
-                sums[k] += v
-            count += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                entry = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                         "elapsed_s": round(time.perf_counter() - start, 3)}
-                entry.update({k: v / count for k, v in sums.items()})
-                entry = _gather_means(accelerator, entry)
-                sums.clear()
-                count = 0
-                result.history.append(entry)
-                if main:
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(entry) + "\n")
-                    info = "  ".join(f"{k} {entry[k]:.4f}" for k in entry if k.endswith("loss"))
-                    progress.update(bar, info=info)
-                    if not cfg.progress or not console.is_terminal:
-                        console.print(f"step {step:>6}/{cfg.max_steps}  {info}  lr {entry['lr']:.2e}")
-            progress.advance(bar)
-            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                if validate():
-                    console.print(f"early stopping at step {step}: no improvement in "
-                                  f"{cfg.early_stopping_patience} validations")
-                    break
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                accelerator.wait_for_everyone()
-                if main:
-                    save_fn(accelerator.unwrap_model(model), output_dir / f"step-{step}")
-    accelerator.wait_for_everyone()
-    if evaluate is None:
-        if main:
-            save_fn(accelerator.unwrap_model(model), output_dir)
-    else:
-        if not best["evaluations"] or best["evaluations"][-1]["step"] != step:
-            validate()
-        result.selection = {"metric": select_metric, "mode": select_mode, "best": sign * best["value"],
-                            "best_step": best["step"],
-                            "evaluations": best["evaluations"]}
-        if main:
-            (output_dir / "selection.json").write_text(json.dumps(result.selection, indent=2) + "\n")
-    result.steps = step
-    result.wall_time = time.perf_counter() - start
-    return result
+    def _log_train(self, progress: Progress, bar: Any) -> None:
+        st, cfg = self.state, self.cfg
+        entry = {"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0],
+                 "elapsed_s": round(self._elapsed(), 3)}
+        entry.update({k: v / st.count for k, v in st.sums.items()})
+        entry = _gather_means(self.acc, entry)
+        st.sums.clear()
+        st.count = 0
+        self._write_log(entry)
+        if self.main:
+            info = "  ".join(f"{k} {entry[k]:.4f}" for k in entry if k.endswith("loss"))
+            progress.update(bar, info=info)
+            if not cfg.progress or not self.console.is_terminal:
+                self.console.print(f"step {st.step:>6}/{cfg.max_steps}  {info}  lr {entry['lr']:.2e}")
 
 
 def _gather_means(accelerator: Accelerator, entry: dict[str, Any]) -> dict[str, Any]:
