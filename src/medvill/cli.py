@@ -94,7 +94,9 @@ def pretrain(
 def finetune(
     task: Annotated[str, typer.Argument(help="classification | retrieval | vqa | generation")],
     output: Annotated[Path, typer.Option("--output", help="checkpoint folder (the model best on validation)")],
-    init: Annotated[str, typer.Option("--init", help="pre-training checkpoint folder, or 'scratch'")] = "scratch",
+    init: Annotated[str, typer.Option("--init", help="pre-training checkpoint folder, 'scratch' (Fine-tuning Only), "
+                                      "or a baseline: 'cnn-transformer' (classification, retrieval, vqa) or "
+                                      "'tienet' (classification, generation)")] = "scratch",
     dataset: DatasetOpt = "synthetic",
     root: RootOpt = None,
     preset: PresetOpt = "base",
@@ -102,7 +104,7 @@ def finetune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Fine-tune a downstream task; the model is selected on the validation split."""
+    """Fine-tune a downstream task (MedViLL or a baseline); the model is selected on the validation split."""
     from .finetune import run_finetuning
 
     _setup_logging()

@@ -227,6 +227,23 @@ class EvalConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The paper's comparison models (``medvill finetune TASK --init cnn-transformer|tienet``,
+    :mod:`medvill.modeling.baselines`).  TieNet: ``tienet_loss_weight`` is alpha in
+    ``alpha * classification BCE + (1 - alpha) * generation cross-entropy``;
+    ``tienet_hops`` is r, the attention hops of its attention-encoded text embedding."""
+
+    tienet_loss_weight: float = 0.85
+    tienet_hops: int = 5
+
+    def validate(self) -> None:
+        if not 0.0 <= self.tienet_loss_weight <= 1.0:
+            raise ConfigError(f"baseline.tienet_loss_weight must lie in [0, 1], got {self.tienet_loss_weight}")
+        if self.tienet_hops < 1:
+            raise ConfigError(f"baseline.tienet_hops must be >= 1, got {self.tienet_hops}")
+
+
+@dataclass
 class RunConfig:
     """A whole run.  ``init_text``: BERT checkpoint to initialise the transformer from
     (a directory with ``config.json`` + weights, ``minilm`` for the offline MiniLM
@@ -241,9 +258,11 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def validate(self) -> RunConfig:
         self.model.validate()
+        self.baseline.validate()
         choices = {"data.policy": (self.data.policy, ("skip", "error")),
                    "data.section": (self.data.section, ("longer", "findings", "impression", "both")),
                    "data.vqa_organ": (self.data.vqa_organ, ("ALL", "CHEST"))}

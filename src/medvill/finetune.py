@@ -7,6 +7,12 @@ the validation split, never on test.  ``run_evaluation`` scores a checkpoint on 
 the paper's protocol (bootstrap resamples of the predictions; mean and std per metric).
 
 Tasks: classification, retrieval, VQA and report generation.
+
+Baselines (``init``): ``"cnn-transformer"`` (CNN & Transformer: classification, retrieval,
+VQA; the same task models on a late-fusion trunk, ``init_text`` honoured for its text side)
+and ``"tienet"`` (TieNet: classification and generation, trained with its joint objective).
+Both go through the same loop, the same validation-based selection and the same evaluation;
+``run_evaluation`` recognises them from the checkpoint's ``config.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .data.collate import PretrainCollator, PretrainDataset
 from .modeling.heads import (
     MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA, init_from_pretraining,
 )
+from .modeling.baselines import BASELINE_NAMES, BASELINE_TASKS, TieNet
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
@@ -40,6 +47,7 @@ from .generation import GenerationConfig
 from .tasks.generation import GenerationScores, GenerationTask
 from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
 from .tasks.vqa import VQATask
+from .tasks.tienet import TieNetClassificationTask, TieNetGenerationTask
 from .tokenization import MedTokenizer
 from .train.loop import TrainResult, fit
 
@@ -53,8 +61,19 @@ class FinetuneRun:
     init: str
 
 
-def _task(name: str, checkpoint: str | Path | None = None):
-    """The task object and its model class; a VQA task restores its answers from a checkpoint."""
+def _task(name: str, checkpoint: str | Path | None = None, baseline: str | None = None):
+    """The task object and its model class; a VQA task restores its answers from a checkpoint.
+    ``baseline``: ``cnn-transformer`` or ``tienet`` (unsupported task combinations are refused)."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+    if baseline is not None:
+        if baseline not in BASELINE_TASKS:
+            raise ConfigError(f"unknown baseline {baseline!r}; available: {', '.join(BASELINE_TASKS)}")
+        if name not in BASELINE_TASKS[baseline]:
+            raise ConfigError(f"{BASELINE_NAMES[baseline]} has no {name} model: it supports "
+                              f"{', '.join(BASELINE_TASKS[baseline])} (as in the paper)")
+    if baseline == "tienet":
+        return (TieNetClassificationTask() if name == "classification" else TieNetGenerationTask()), TieNet
     if name == "classification":
         return ClassificationTask(), MedViLLForClassification
     if name == "vqa":
@@ -100,7 +119,8 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
                    console: Console | None = None) -> FinetuneRun:
     console = console or Console()
     output_dir = Path(output_dir)
-    task, model_cls = _task(task_name)
+    baseline = init if init in BASELINE_TASKS else None
+    task, model_cls = _task(task_name, baseline=baseline)
     if cfg.data.eval_split == "test":
         raise ConfigError("data.eval_split=test: model selection must not look at the test split")
     train_records = _examples(task_name, cfg, cfg.data.train_split)
@@ -109,10 +129,16 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
     if isinstance(task, VQATask):
         task.fit_vocab(train_records)
         head = {"num_answers": len(task.answers)}
-    if init == "scratch":
-        # Fine-tuning Only: no vision-language pre-training; the transformer starts from
-        # init_text (a BERT checkpoint) when given, as in the paper, else from random weights
-        bert_dir = resolve_bert_dir(cfg.init_text) if cfg.init_text else None
+    if baseline == "cnn-transformer":
+        head["trunk"] = "cnn_transformer"
+    elif baseline == "tienet":
+        head.update(hops=cfg.baseline.tienet_hops, loss_weight=cfg.baseline.tienet_loss_weight)
+        if cfg.init_text:
+            console.print(f"TieNet has no transformer: init_text={cfg.init_text} is not used")
+    if init == "scratch" or baseline is not None:
+        # Fine-tuning Only and the baselines: no vision-language pre-training; the transformer
+        # starts from init_text (a BERT checkpoint) when given, as in the paper, else from random weights
+        bert_dir = resolve_bert_dir(cfg.init_text) if cfg.init_text and baseline != "tienet" else None
         texts = [getattr(r, "text", None) or getattr(r, "question", "") for r in train_records]
         tokenizer = build_tokenizer(cfg, texts, bert_dir)
         mcfg = model_config_for(cfg, tokenizer, bert_dir)
@@ -129,7 +155,14 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         fresh = init_from_pretraining(model, load_file(str(Path(init) / "model.safetensors")))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    if isinstance(task, GenerationTask):
+    if isinstance(task, TieNetGenerationTask):
+        # TieNet's joint objective needs the observations too: the classification batches
+        train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
+        val_loader = _loader(_dataset(task, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return task.perplexity(m, val_loader)
+    elif isinstance(task, GenerationTask):
         p = cfg.pretrain
         train_ds = PretrainDataset(train_records, tokenizer, mcfg.image_size, mcfg.max_text_len,
                                    MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac), seed=cfg.train.seed,
@@ -175,7 +208,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
 def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str = "test",
                    n_bootstrap: int = 30, seed: int = 0) -> dict[str, dict[str, Any]]:
     """``{metric: {"mean", "std", "n", "values"}}`` over ``n_bootstrap`` resamples of ``split``."""
-    task, model_cls = _task(task_name, checkpoint)
+    task, model_cls = _task(task_name, checkpoint, baseline_of(checkpoint))
     model = model_cls.from_pretrained(checkpoint)
     tokenizer = MedTokenizer.from_pretrained(checkpoint)
     cfg = dataclasses.replace(cfg, model=model.config)
@@ -202,6 +235,16 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
 def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunConfig, n_bootstrap: int,
                         seed: int) -> dict[str, dict[str, Any]]:
     """Trials of ``cfg.eval.n_candidates`` candidates, both directions; bootstrap over trials."""
+def baseline_of(checkpoint: str | Path) -> str | None:
+    """``cnn-transformer``, ``tienet`` or None (MedViLL), from a checkpoint's ``config.json``."""
+    meta = read_checkpoint_config(checkpoint)
+    if meta["architecture"] == TieNet.__name__:
+        return "tienet"
+    if meta.get("head", {}).get("trunk") == "cnn_transformer":
+        return "cnn-transformer"
+    return None
+
+
     e = cfg.eval
     trials = make_trials(records, e.n_candidates, e.seed, e.max_queries)
     scorer = PairScorer(model, records, tokenizer, model.config.image_size, model.config.max_text_len,

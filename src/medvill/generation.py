@@ -123,6 +123,13 @@ def generate_naive(model: MedViLLForPretraining, images: torch.Tensor, cfg: Gene
     return generate(model, images, cfg, use_cache=False)
 
 
+def _decoder(model, images: torch.Tensor, cached: bool):
+    """The model's own step decoder where it has one (TieNet's LSTM, ``make_decoder``), else
+    MedViLL's [MASK]-recovery decoder; both expose ``next_logprobs(tokens)`` and ``reorder(rows)``."""
+    make = getattr(model, "make_decoder", None)
+    return make(images, cached) if make is not None else _Decoder(model, images, cached)
+
+
 def _special_ids(model: MedViLLForPretraining) -> tuple[int, list[int]]:
     c = model.config
     return c.sep_token_id, [c.pad_token_id, c.cls_token_id, c.mask_token_id, c.unk_token_id]
@@ -130,7 +137,7 @@ def _special_ids(model: MedViLLForPretraining) -> tuple[int, list[int]]:
 
 def _greedy(model, images, cfg, use_cache) -> list[list[int]]:
     sep_id, special = _special_ids(model)
-    dec = _Decoder(model, images, use_cache)
+    dec = _decoder(model, images, use_cache)
     b = images.shape[0]
     tokens = torch.zeros(b, 0, dtype=torch.long, device=images.device)
     done = torch.zeros(b, dtype=torch.bool, device=images.device)
@@ -154,7 +161,7 @@ def _beam(model, images, cfg, use_cache) -> list[list[int]]:
     sep_id, special = _special_ids(model)
     b, nb = images.shape[0], cfg.num_beams
     dev = images.device
-    dec = _Decoder(model, images, use_cache)
+    dec = _decoder(model, images, use_cache)
     dec.reorder(torch.arange(b, device=dev).repeat_interleave(nb))
     tokens = torch.zeros(b * nb, 0, dtype=torch.long, device=dev)
     scores = torch.full((b, nb), float("-inf"), device=dev)
@@ -222,7 +229,11 @@ def reference_nll(
     has position t and sees the visual rows, the real tokens before t and itself; real tokens
     see the visual rows and the real tokens up to themselves (S2S); nobody sees a query.
     Returns ``(nll_sum (B,), n_tokens (B,))`` over the valid text tokens (SEP_L included).
+    A model with its own ``reference_nll`` (TieNet: one teacher-forced LSTM pass) uses it.
     """
+    own = getattr(model, "reference_nll", None)
+    if own is not None:
+        return own(images, text_ids, text_valid)
     base = model.medvill
     emb = base.embeddings
     cfg = model.config

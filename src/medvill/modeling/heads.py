@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MaskScheme, ModelConfig
+from .baselines import CNNTransformerModel, CNNTransformerOutput
 from .encoder import _activation, init_bert_weights
 from .medvill import MedViLLModel, MedViLLOutput
 from .pretrained import PreTrainedModel, register
@@ -116,19 +117,32 @@ class MedViLLForPretraining(PreTrainedModel):
 @dataclass
 class TaskOutput:
     logits: torch.Tensor  # (B, L) classification / VQA, or (B,) matching
-    base: MedViLLOutput
+    base: MedViLLOutput | CNNTransformerOutput
+
+
+#: trunks a task model can sit on: MedViLL, or the CNN & Transformer baseline (modeling/baselines.py)
+TRUNKS = {"medvill": MedViLLModel, "cnn_transformer": CNNTransformerModel}
 
 
 class _PooledTaskModel(PreTrainedModel):
     """Base model + a head on the pooled summary token (CLS under Bi; paper section IV).
 
     Fine-tuning for understanding tasks uses the bidirectional mask and all K visual tokens.
+    ``trunk`` (saved in the checkpoint's head config): ``medvill``, or ``cnn_transformer``
+    for the CNN & Transformer baseline, whose summary (late fusion of a CNN vector and a
+    text-only transformer's CLS) feeds the same heads; the attribute stays ``medvill``.
     """
 
-    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True):
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, trunk: str = "medvill"):
         super().__init__(config)
-        self.medvill = MedViLLModel(config, load_pretrained_backbone)
+        if trunk not in TRUNKS:
+            raise ValueError(f"unknown trunk {trunk!r}; choose one of {', '.join(TRUNKS)}")
+        self.trunk = trunk
+        self.medvill = TRUNKS[trunk](config, load_pretrained_backbone)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def head_config(self) -> dict:
+        return {"trunk": self.trunk}
 
     def pooled(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI):
         out = self.medvill(text_ids, text_valid, scheme, images=images, visual_features=visual_features)
@@ -139,14 +153,15 @@ class _PooledTaskModel(PreTrainedModel):
 class MedViLLForClassification(_PooledTaskModel):
     """Multi-label diagnosis classification: one logit per CheXpert observation on CLS."""
 
-    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, num_labels: int = 14):
-        super().__init__(config, load_pretrained_backbone)
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, num_labels: int = 14,
+                 trunk: str = "medvill"):
+        super().__init__(config, load_pretrained_backbone, trunk)
         self.num_labels = num_labels
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.classifier.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def head_config(self) -> dict:
-        return {"num_labels": self.num_labels}
+        return {**super().head_config(), "num_labels": self.num_labels}
 
     def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
         pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
@@ -157,8 +172,8 @@ class MedViLLForClassification(_PooledTaskModel):
 class MedViLLForRetrieval(_PooledTaskModel):
     """Image-report matching score on CLS (initialised from the pre-training IRM head)."""
 
-    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True):
-        super().__init__(config, load_pretrained_backbone)
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, trunk: str = "medvill"):
+        super().__init__(config, load_pretrained_backbone, trunk)
         self.irm_head = nn.Linear(config.hidden_size, 1)
         self.irm_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
@@ -171,8 +186,9 @@ class MedViLLForRetrieval(_PooledTaskModel):
 class MedViLLForVQA(_PooledTaskModel):
     """Answer classification over the training answer vocabulary, on CLS (image + question)."""
 
-    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, num_answers: int = 2):
-        super().__init__(config, load_pretrained_backbone)
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, num_answers: int = 2,
+                 trunk: str = "medvill"):
+        super().__init__(config, load_pretrained_backbone, trunk)
         self.num_answers = num_answers
         d = config.hidden_size
         self.answer_head = nn.Sequential(
@@ -181,7 +197,7 @@ class MedViLLForVQA(_PooledTaskModel):
         self.answer_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def head_config(self) -> dict:
-        return {"num_answers": self.num_answers}
+        return {**super().head_config(), "num_answers": self.num_answers}
 
     def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
         pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
