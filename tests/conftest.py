@@ -74,3 +74,28 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def observation_names() -> tuple[str, ...]:
     return CHEXPERT_OBSERVATIONS
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_dir(synthetic_root, tmp_path_factory) -> Path:
+    """A folder laid out like a ``medvill demo`` output, with real tiny checkpoints: a 2-step
+    BAR pre-training, the four tasks fine-tuned from it for 2 steps (MedViLL-BAR) and a
+    classification model from scratch (FT-only)."""
+    from rich.console import Console
+
+    from medvill.config import load_config
+    from medvill.finetune import run_finetuning
+    from medvill.pipeline import run_pretraining
+
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    quiet = Console(quiet=True)
+
+    def cfg():
+        return load_config("tiny", None, [f"data.root={synthetic_root}", "train.max_steps=2", "train.progress=false",
+                                          "train.log_every=1"])
+
+    run_pretraining(cfg(), out / "pretrain-bar", console=quiet)
+    for task in ("classification", "retrieval", "vqa", "generation"):
+        run_finetuning(task, cfg(), str(out / "pretrain-bar"), out / "finetune" / f"{task}-MedViLL-BAR", console=quiet)
+    run_finetuning("classification", cfg(), "scratch", out / "finetune" / "classification-FT-only", console=quiet)
+    return out

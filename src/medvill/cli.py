@@ -259,6 +259,176 @@ def _print_losses(history: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="fine-tuned checkpoint folder, or a folder holding "
+                                             "several (a medvill demo output)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="which model's checkpoints where a folder holds several "
+                                              "(default MedViLL-BAR)")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")]
+
+
+def _pipeline(checkpoint: Path, model: str | None, device: str | None):
+    from .inference import Pipeline
+
+    return Pipeline.from_pretrained(checkpoint, model=model, device=device)
+
+
+@app.command()
+def generate(
+    images: Annotated[list[Path], typer.Argument(help="X-ray image files (PNG, JPEG, DICOM, 16-bit PNG/TIFF)")],
+    checkpoint: CheckpointOpt,
+    model: ModelOpt = None,
+    beams: Annotated[int, typer.Option("--beams", help="beam width (1 = greedy)")] = 1,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="report tokens (default: the model's limit)")] = None,
+    no_repeat_ngram: Annotated[int, typer.Option("--no-repeat-ngram", help="forbid repeating n-grams of this size")] = 0,
+    output: Annotated[Path | None, typer.Option("--output", help="also write JSONL: {image, report} per line")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    device: DeviceOpt = None,
+) -> None:
+    """Generate a report for each image with a fine-tuned generation checkpoint (free-running decoding)."""
+    from .inference import MissingTaskError, Pipeline
+
+    _setup_logging()
+    try:
+        pipe = Pipeline.from_pretrained(checkpoint, model=model, device=device, batch_size=batch_size)
+        reports = pipe.generate([str(p) for p in images], num_beams=beams, max_length=max_length,
+                                no_repeat_ngram_size=no_repeat_ngram)
+    except (ConfigError, FileNotFoundError, ValueError, MissingTaskError) as exc:
+        raise _fail(exc) from None
+    for path, report in zip(images, reports, strict=True):
+        console.print(f"[bold]{path}[/bold]\n{report}\n", highlight=False)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps({"image": str(p), "report": r}) + "\n" for p, r in zip(images, reports, strict=True)))
+        console.print(f"written: {output}")
+
+
+figures_app = typer.Typer(no_args_is_help=True, help="The paper's figures as PNG: attention maps, retrieval case "
+                          "study, ROC curves, training curves.")
+app.add_typer(figures_app, name="figures")
+FigOutOpt = Annotated[Path, typer.Option("--output", help="PNG file to write")]
+DataSetOpt = Annotated[str | None, typer.Option("--dataset", help="data set (default: the checkpoint's training data)")]
+DataRootOpt = Annotated[Path | None, typer.Option("--root", help="data folder (default: the checkpoint's training data)")]
+SplitOpt = Annotated[str, typer.Option("--split")]
+
+
+def _figure_done(path: Path) -> None:
+    console.print(f"written: {path}")
+
+
+def _figure_errors():
+    from .inference import MissingTaskError
+
+    return (ConfigError, FileNotFoundError, ValueError, KeyError, IndexError, MissingTaskError)
+
+
+@figures_app.command("attention")
+def figures_attention(
+    image: Annotated[Path, typer.Argument(help="X-ray image file")],
+    text: Annotated[str, typer.Option("--text", help="the report (or, with --task vqa, the question)")],
+    checkpoint: CheckpointOpt,
+    output: FigOutOpt,
+    token: Annotated[list[str] | None, typer.Option("--token", help="token (word or 0-based index); repeatable")] = None,
+    layer: Annotated[list[int] | None, typer.Option("--layer", help="0-based layer, -1 = last (default); repeatable")] = None,
+    head: Annotated[list[int] | None, typer.Option("--head", help="0-based head (default: mean of heads); repeatable")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="checkpoint to look into (default: classification)")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Attention of report words onto the X-ray per layer and head (paper Fig. 5a)."""
+    from .figures import attention_figure
+
+    _setup_logging()
+    try:
+        maps = _pipeline(checkpoint, model, device).explain(str(image), text, task=task)
+        tokens = [int(t) if t.lstrip("-").isdigit() else t for t in token] if token else None
+        _figure_done(attention_figure(maps, output, tokens=tokens, layers=layer, heads=head))
+    except _figure_errors() as exc:
+        raise _fail(exc) from None
+
+
+@figures_app.command("retrieval")
+def figures_retrieval(
+    checkpoint: CheckpointOpt,
+    output: FigOutOpt,
+    query: Annotated[int, typer.Option("--query", help="index of the query pair in the split")] = 0,
+    direction: Annotated[str, typer.Option("--direction", help="r2i (report query) or i2r (image query)")] = "r2i",
+    k: Annotated[int, typer.Option("--k", help="top results to show (plus the lowest-ranked)")] = 5,
+    candidates: Annotated[int, typer.Option("--candidates", help="candidates in the trial (paper: 100)")] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    dataset: DataSetOpt = None,
+    root: DataRootOpt = None,
+    split: SplitOpt = "test",
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """A retrieval trial: the query, its top-k and a low-ranked result with their labels (paper Fig. 6)."""
+    from .figures import checkpoint_records, retrieval_case_study
+
+    _setup_logging()
+    try:
+        pipe = _pipeline(checkpoint, model, device)
+        records = checkpoint_records(pipe.checkpoint_path("retrieval"), split, dataset, root)
+        _figure_done(retrieval_case_study(pipe, records, output, query=query, direction=direction, k=k,
+                                          n_candidates=candidates, seed=seed))
+    except _figure_errors() as exc:
+        raise _fail(exc) from None
+
+
+@figures_app.command("roc")
+def figures_roc(
+    checkpoint: CheckpointOpt,
+    output: FigOutOpt,
+    dataset: DataSetOpt = None,
+    root: DataRootOpt = None,
+    split: SplitOpt = "test",
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """ROC curves per observation of the classification checkpoint on a split."""
+    from .figures import checkpoint_records, classification_roc
+
+    _setup_logging()
+    try:
+        pipe = _pipeline(checkpoint, model, device)
+        records = checkpoint_records(pipe.checkpoint_path("classification"), split, dataset, root)
+        _figure_done(classification_roc(pipe, records, output))
+    except _figure_errors() as exc:
+        raise _fail(exc) from None
+
+
+@figures_app.command("curves")
+def figures_curves(
+    runs: Annotated[list[str], typer.Argument(help="run folders (or metrics.jsonl files), optionally name=folder")],
+    output: FigOutOpt,
+    key: Annotated[list[str] | None, typer.Option("--key", help="quantity to plot, e.g. loss or val/auroc_micro; "
+                                                  "repeatable (default: all)")] = None,
+) -> None:
+    """Training and validation curves from metrics.jsonl logs."""
+    from .figures import training_curves_figure
+
+    named = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
+    try:
+        _figure_done(training_curves_figure(named, output, keys=key))
+    except _figure_errors() as exc:
+        raise _fail(exc) from None
+
+
+@figures_app.command("demo")
+def figures_demo(
+    output: Annotated[Path, typer.Argument(help="a medvill demo output folder")] = Path("demo-output"),
+    model: ModelOpt = None,
+) -> None:
+    """All figures of a medvill demo output, into OUTPUT/figures/."""
+    from .figures import demo_figures
+
+    _setup_logging()
+    try:
+        for path in demo_figures(output, model=model):
+            _figure_done(path)
+    except _figure_errors() as exc:
+        raise _fail(exc) from None
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -43,6 +43,7 @@ from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
 from .tasks.classification import ClassificationTask, binary_targets
 from .data.collate import MLMSpec
+from .data.prepare import INPUT_INFO, training_input_settings
 from .generation import GenerationConfig
 from .tasks.generation import GenerationScores, GenerationTask
 from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
@@ -192,6 +193,8 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
             return _metrics(task, *task.predict(m, val_loader), val_records)
 
     extra = {RUN_CONFIG_NAME: cfg.to_yaml(), "finetune.json": json.dumps({"task": task_name, "init": init}) + "\n"}
+    # how training read its images, for inference (medvill.Pipeline) to do exactly the same
+    extra[INPUT_INFO] = json.dumps(training_input_settings(cfg.data.root, mcfg.image_size), indent=2) + "\n"
     if isinstance(task, VQATask):
         extra.update(task.save_files())
 

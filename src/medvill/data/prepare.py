@@ -473,3 +473,23 @@ def load_prepared(output: str | Path, split: str | None = None) -> list[Record]:
                                         "with the same --output to restore it")
             records.append(record)
     return records
+
+
+# ============================================================================================
+# what a model was trained on
+# ============================================================================================
+
+#: Saved beside every fine-tuned checkpoint: how training turned an image file into the input.
+INPUT_INFO = "preprocess.json"
+
+
+def training_input_settings(root: str | Path | None, image_size: int) -> dict[str, Any]:
+    """How training read its images, JSON-ready, so that inference can do the same:
+    ``{"image_size": N, "cache": SETTINGS | None}``.  ``cache`` holds the :class:`Preprocess`
+    settings of the prepared-image cache at ``root`` (training then read those cached images
+    and only resized them to ``image_size``), or None when training read the original files
+    with the default :class:`Preprocess` at ``image_size``."""
+    cache = None
+    if root is not None and (Path(root) / INFO).is_file():
+        cache = read_prepare_info(root).get("settings")
+    return {"format": 1, "image_size": int(image_size), "cache": cache}
