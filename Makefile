@@ -8,12 +8,13 @@ STAMP := $(VENV)/.medvill-deps-$(DEPS_KEY)
 export HF_HUB_OFFLINE ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow docs clean help
+.PHONY: setup demo test test-slow docs bench clean help
 
 help:
 	@echo "make demo   - set up .venv if needed, then run the demo on built-in synthetic data"
 	@echo "make test   - set up .venv if needed, then run the test suite (CPU, a few minutes)"
 	@echo "make setup  - only build the environment in $(VENV)"
+	@echo "make bench  - set up .venv if needed, then run the speed benchmarks (BENCH_ARGS=--quick: a smoke run)"
 	@echo "make docs   - build the documentation into site/ (mkdocs build --strict)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -37,9 +38,22 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
 
+# speed benchmarks (BENCHMARKS.md): each prints a table and writes $(BENCH_DIR)/<name>.json; the
+# last lines are the targets' summary.  BENCH_ARGS go to every script (e.g. --quick, --device cpu).
+BENCH_DIR ?= bench-output
+BENCH_ARGS ?=
+bench: setup
+	@mkdir -p $(BENCH_DIR) && rm -f $(BENCH_DIR)/train.json $(BENCH_DIR)/generation.json $(BENCH_DIR)/retrieval.json $(BENCH_DIR)/data.json
+	$(BIN)/python benchmarks/bench_train.py --json $(BENCH_DIR)/train.json $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_generation.py --json $(BENCH_DIR)/generation.json $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_retrieval.py --json $(BENCH_DIR)/retrieval.json $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_data.py --json $(BENCH_DIR)/data.json $(BENCH_ARGS)
+	@echo
+	@$(BIN)/python benchmarks/summarize.py $(BENCH_DIR)
+
 # user documentation (docs/, mkdocs.yml); --strict: any warning fails the build
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf demo-output .pytest_cache build site src/*.egg-info
+	rm -rf demo-output bench-output .pytest_cache build site src/*.egg-info

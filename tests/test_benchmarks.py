@@ -1,0 +1,103 @@
+"""The benchmark scripts: their measuring pieces, and a --quick smoke run of each."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count_covers_matmuls_and_the_cpu_attention_kernel():
+    common = load("_common")
+    lin = torch.nn.Linear(32, 16)
+    x = torch.randn(8, 32)
+    assert common.count_flops(lambda: lin(x)) == 2 * 8 * 32 * 16
+    b, h, s, d = 2, 4, 24, 8
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    mask = torch.rand(b, 1, s, s) > 0.3
+    mask[..., 0] = True
+    fwd = common.count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert fwd == 2 * (2 * b * h * s * s * d)  # scores and weighted sum, dense
+    both = common.count_flops(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward())
+    assert both == fwd + 5 * (2 * b * h * s * s * d)  # torch's SDPA backward formula
+
+
+def test_train_step_flops_are_counted_and_timed():
+    common = load("_common")
+    step = common.TrainStep("tiny", 2, torch.device("cpu"))
+    flops = step.flops()
+    # at least the transformer's linear layers: 2 (fwd) * 3 (fwd + bwd) * tokens * weights
+    cfg = step.mcfg
+    linear = cfg.num_hidden_layers * (4 * cfg.hidden_size**2 + 2 * cfg.hidden_size * cfg.intermediate_size)
+    assert flops > 2 * 3 * 2 * step.seq_len * linear
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, step.model.parameters()))  # the optimiser stepped
+
+
+def test_peak_memory_sees_a_large_allocation():
+    common = load("_common")
+    with common.peak_memory(torch.device("cpu")) as mem:
+        x = torch.ones(32 * 2**20 // 4)  # 32 MiB
+        x += 1
+        del x
+    assert mem.method
+    if "VmHWM" in mem.method:  # exact on Linux
+        assert 28 * 2**20 < mem.bytes < 256 * 2**20
+
+
+def test_summary_lines(tmp_path):
+    summarize = load("summarize")
+    (tmp_path / "generation.json").write_text(json.dumps({"summary": {"generation_speedup_128": 31.25}}))
+    (tmp_path / "train.json").write_text(json.dumps({"device": "cpu", "summary": {"train_gemm_fraction_base": None}}))
+    lines = summarize.summary_lines(tmp_path)
+    assert lines == [
+        "generation_speedup_128: 31.2 (target 25)",
+        "train_gemm_fraction_base: not measured (needs the base preset) (target 0.60)",
+        f"loader_over_train: not measured ({tmp_path / 'data.json'} not found) (target 2)",
+    ]
+
+
+def test_generation_benchmark_quick(tmp_path, capsys):
+    out = tmp_path / "generation.json"
+    assert load("bench_generation").main(["--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["new_tokens"] for r in data["results"]] == [4, 8]
+    assert all(r["identical_tokens"] and r["speedup"] > 0 for r in data["results"])
+    assert data["summary"] == {"generation_speedup_128": None}  # tiny preset: not the target's configuration
+    text = capsys.readouterr().out
+    assert "machine:" in text and "command: python benchmarks/bench_generation.py --quick" in text
+
+
+@pytest.mark.slow
+def test_train_retrieval_and_data_benchmarks_quick(tmp_path, capsys):
+    args = ["--quick", "--json"]
+    assert load("bench_train").main([*args, str(tmp_path / "train.json"), "--profile"]) == 0
+    assert load("bench_retrieval").main([*args, str(tmp_path / "retrieval.json"), "--workdir", str(tmp_path)]) == 0
+    assert load("bench_data").main([*args, str(tmp_path / "data.json"), "--workdir", str(tmp_path)]) == 0
+    train = json.loads((tmp_path / "train.json").read_text())
+    (res,) = train["results"]
+    assert res["preset"] == "tiny" and res["flops_per_step"] > 0 and res["samples_per_s"] > 0
+    retrieval = json.loads((tmp_path / "retrieval.json").read_text())
+    assert retrieval["cnn_passes"] == {"cached": 20, "uncached": 40}
+    data = json.loads((tmp_path / "data.json").read_text())
+    assert data["summary"]["loader_over_train"] > 0 and len(data["loaders"]) == 4
+    text = capsys.readouterr().out
+    assert "aten::" in text  # the profiler table
+    lines = load("summarize").summary_lines(tmp_path)
+    assert lines[2].startswith("loader_over_train: ") and "not measured" not in lines[2]
