@@ -23,10 +23,15 @@ RootOpt = Annotated[Path | None, typer.Option("--root", help="data set folder; s
 PresetOpt = Annotated[str, typer.Option("--preset", help="tiny | small | base (the paper)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML run config")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: section.key=value (repeatable)")]
+ResumeOpt = Annotated[str | None, typer.Option("--resume", help="continue a stopped run: 'auto' (newest complete "
+                                               "training state in OUTPUT/checkpoints) or a checkpoint folder")]
 
 
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("MEDVILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun: the main process reports
+        console.quiet = True
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def _cli_overrides(dataset: str | None = None, root: Path | None = None, max_steps: int | None = None,
@@ -75,12 +80,14 @@ def pretrain(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="optimiser steps (0 writes the initial model)")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    resume: ResumeOpt = None,
 ) -> None:
     """Pre-train MedViLL with MLM + image-report matching."""
     from .pipeline import run_pretraining
 
     _setup_logging()
-    extra = _cli_overrides(dataset, root, max_steps, pretrain={"mask": mask.value} if mask else {})
+    extra = _cli_overrides(dataset, root, max_steps, pretrain={"mask": mask.value} if mask else {},
+                           train={"resume": resume} if resume else {})
     try:
         cfg = load_config(preset, config, set_ or [], extra)
         run = run_pretraining(cfg, output, console=console)
@@ -103,12 +110,13 @@ def finetune(
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    resume: ResumeOpt = None,
 ) -> None:
     """Fine-tune a downstream task (MedViLL or a baseline); the model is selected on the validation split."""
     from .finetune import run_finetuning
 
     _setup_logging()
-    extra = _cli_overrides(dataset, root, max_steps)
+    extra = _cli_overrides(dataset, root, max_steps, train={"resume": resume} if resume else {})
     try:
         cfg = load_config(preset, config, set_ or [], extra)
         run = run_finetuning(task, cfg, init, output, console=console)
