@@ -147,7 +147,8 @@ def save_training_state(
 ) -> Path:
     """Write ``root/step-N`` atomically (every process calls this); return its path.
 
-    ``keep`` > 0 deletes all but the newest ``keep`` complete checkpoints afterwards.
+    ``keep`` > 0 deletes all but the newest ``keep`` checkpoints with a manifest afterwards
+    (and any temporary folder left by a killed write).
     """
     name = f"step-{state.step:08d}"
     final, tmp = root / name, root / f".{name}.tmp"
@@ -184,8 +185,10 @@ def save_training_state(
         os.replace(tmp, final)
         _fsync(root)
         shutil.rmtree(old, ignore_errors=True)
+        for leftover in root.glob(".step-*.tmp"):  # from runs killed while writing
+            shutil.rmtree(leftover, ignore_errors=True)
         if keep > 0:
-            for stale in list_checkpoints(root)[:-keep]:
+            for stale in [p for p in list_checkpoints(root) if (p / MANIFEST).is_file()][:-keep]:
                 shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
