@@ -222,3 +222,20 @@ def test_generate_command(tiny_demo_dir, records, tmp_path):
     bad = CliRunner().invoke(app, ["generate", str(records[0].image), "--checkpoint",
                                    str(tiny_demo_dir / "finetune" / "vqa-MedViLL-BAR")])
     assert bad.exit_code == 2 and "no generation checkpoint" in bad.output
+
+
+def test_classify_gives_the_evaluation_probabilities(pipe, records):
+    """The Pipeline (its own batching, preprocessing and tokenisation) reproduces what the
+    evaluation loop computes on the same test split."""
+    from torch.utils.data import DataLoader
+
+    from medvill.data.task_data import ImageTextCollator
+    from medvill.modeling.heads import MedViLLForClassification
+    from medvill.tasks.classification import ClassificationTask, binary_targets
+
+    ckpt = pipe.checkpoint_path("classification")
+    model, tok = MedViLLForClassification.from_pretrained(ckpt), MedTokenizer.from_pretrained(ckpt)
+    ds = ImageTextDataset([r.image for r in records], [r.text for r in records], binary_targets(records), tok, 64, 64)
+    want, _ = ClassificationTask().predict(model, DataLoader(ds, batch_size=8, collate_fn=ImageTextCollator(tok.pad_id)))
+    got = pipe.classify([r.image for r in records], [r.text for r in records])
+    assert np.allclose(np.array([list(g.values()) for g in got]), want, atol=1e-5)

@@ -18,6 +18,7 @@ from rich.console import Console
 from .config import RunConfig, apply_override
 from .data.registry import synthetic_root
 from .evaluate import compare_runs
+from .figures import demo_figures
 from .finetune import TASKS, run_evaluation, run_finetuning
 from .pipeline import run_pretraining
 
@@ -74,6 +75,9 @@ def run_demo(cfg: RunConfig, output: Path, masks: tuple[str, ...] = ("bar", "s2s
 
     timings["total_s"] = time.perf_counter() - start
     _write_results(output, tables, pretrain_history, timings, cfg)
+    console.rule("[bold]4. figures")
+    for path in demo_figures(output, model=f"MedViLL-{masks[0].upper()}"):
+        console.print(f"figure: {path}")
     return {"tables": tables, "timings": timings, "pretrain": pretrain_history}
 
 

@@ -10,9 +10,10 @@
 * :func:`demo_figures` - all of them for a ``medvill demo`` output, into ``OUTPUT/figures/``.
 
 Each function writes one PNG and returns its path.  The image size is fixed by the layout
-(``panel`` inches per panel times ``dpi``) and documented per function, never cropped to the
-content, so figures of the same kind line up.  Figures are drawn through matplotlib's
-object-oriented API on an Agg canvas: the process-wide pyplot backend is left alone.
+(``panel`` inches per panel times ``dpi``, rounded down to whole pixels) and documented per
+function, never cropped to the content, so figures of the same kind line up.  Figures are
+drawn through matplotlib's object-oriented API on an Agg canvas: the process-wide pyplot
+backend is left alone.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def attention_figure(maps: AttentionMaps, path: str | Path, tokens: Sequence[int
     One row per token (``tokens``: indices or strings; default :func:`default_tokens`); the
     first column shows the X-ray as the model saw it, then one column per (layer, head):
     ``layers`` (0-based, negative from the end; default the last layer) times ``heads``
-    (default: the mean over heads).  Each map is upsampled bilinearly to the image and scaled
-    from 0 to its own maximum (given in the panel title).  Size: ``(1 + columns) * panel``
+    (default: the mean over heads).  Each map is upsampled bilinearly to the image and its
+    colours span its own minimum to maximum (given in the panel title).  Size: ``(1 + columns) * panel``
     by ``rows * panel`` inches at ``dpi`` (default 100 px per inch).
     """
     rows = [maps.token_index(t) for t in tokens] if tokens else default_tokens(maps.tokens)
@@ -110,9 +111,10 @@ def attention_figure(maps: AttentionMaps, path: str | Path, tokens: Sequence[int
             up = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR))
             ax = fig.add_subplot(len(rows), 1 + len(cols), r * (1 + len(cols)) + c + 2)
             ax.imshow(maps.image, cmap="gray", vmin=0, vmax=255)
-            ax.imshow(up, cmap=cmap, alpha=alpha, vmin=0.0, vmax=max(float(m.max()), 1e-8))
+            lo, hi = float(m.min()), float(m.max())
+            ax.imshow(up, cmap=cmap, alpha=alpha, vmin=lo, vmax=max(hi, lo + 1e-8))
             where = f"L{layer % maps.num_layers}" + (" mean" if head is None else f" H{head % maps.num_heads}")
-            ax.set_title(f"{where} (max {float(m.max()):.2f})", fontsize=7)
+            ax.set_title(f"{where} ({lo:.3f}-{hi:.3f})", fontsize=7)
             ax.set_axis_off()
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.12 / len(rows), wspace=0.05, hspace=0.25)
     return _save(fig, path)
@@ -389,7 +391,11 @@ def demo_figures(output: str | Path, model: str | None = None, split: str = "tes
         written.append(attention_figure(maps, figures / "attention.png", layers=list(range(maps.num_layers))))
         written.append(classification_roc(pipe, records, figures / "roc.png"))
     if "retrieval" in pipe.tasks and len(records) > 1:
-        written.append(retrieval_case_study(pipe, records, figures / "retrieval.png", query=case, direction="r2i"))
+        # the query: a case of the most frequent label set with findings, so that its trial holds other positives
+        sets = [frozenset(label_names(r.labels)) for r in records]
+        common = [s for s in sets if s and "No Finding" not in s]
+        query = sets.index(max(common, key=lambda s: (sets.count(s), -sets.index(s)))) if common else case
+        written.append(retrieval_case_study(pipe, records, figures / "retrieval.png", query=query, direction="r2i"))
     pretrain_runs = {p.name: p for p in sorted(output.glob("pretrain-*")) if (p / "metrics.jsonl").is_file()}
     if pretrain_runs:
         written.append(training_curves_figure(pretrain_runs, figures / "training-curves.png"))
