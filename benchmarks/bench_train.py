@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cuda":  # fp32 means fp32: no TF32 in matmuls or convolutions (torch's matmul default)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     presets = args.presets or (("tiny",) if args.quick else PRESETS)
     gemm_n = args.gemm_n or (256 if args.quick else 4096 if device.type == "cpu" else 8192)
     steps, warmup, repeats = (1, 1, 2) if args.quick else (args.steps, args.warmup, args.gemm_repeats)

@@ -90,6 +90,7 @@ def test_train_retrieval_and_data_benchmarks_quick(tmp_path, capsys):
     assert load("bench_train").main([*args, str(tmp_path / "train.json"), "--profile"]) == 0
     assert load("bench_retrieval").main([*args, str(tmp_path / "retrieval.json"), "--workdir", str(tmp_path)]) == 0
     assert load("bench_data").main([*args, str(tmp_path / "data.json"), "--workdir", str(tmp_path)]) == 0
+    assert load("bench_attention").main([*args, str(tmp_path / "attention.json")]) == 0
     train = json.loads((tmp_path / "train.json").read_text())
     (res,) = train["results"]
     assert res["preset"] == "tiny" and res["flops_per_step"] > 0 and res["samples_per_s"] > 0
@@ -99,5 +100,8 @@ def test_train_retrieval_and_data_benchmarks_quick(tmp_path, capsys):
     assert data["summary"]["loader_over_train"] > 0 and len(data["loaders"]) == 4
     text = capsys.readouterr().out
     assert "aten::" in text  # the profiler table
+    attention = json.loads((tmp_path / "attention.json").read_text())
+    assert [r["scheme"] for r in attention["results"]] == ["bi", "s2s", "bar", "non_crossing"]
+    assert all(r["rel_err"]["flex"] < 1e-5 for r in attention["results"])
     lines = load("summarize").summary_lines(tmp_path)
     assert lines[2].startswith("loader_over_train: ") and "not measured" not in lines[2]
