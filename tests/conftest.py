@@ -79,8 +79,8 @@ def observation_names() -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def tiny_demo_dir(synthetic_root, tmp_path_factory) -> Path:
     """A folder laid out like a ``medvill demo`` output, with real tiny checkpoints: a 2-step
-    BAR pre-training, the four tasks fine-tuned from it for 2 steps (MedViLL-BAR) and a
-    classification model from scratch (FT-only)."""
+    BAR pre-training, the four tasks fine-tuned from it for 2 steps (MedViLL-BAR), a
+    classification model from scratch (FT-only) and a TieNet baseline."""
     from rich.console import Console
 
     from medvill.config import load_config
@@ -98,4 +98,5 @@ def tiny_demo_dir(synthetic_root, tmp_path_factory) -> Path:
     for task in ("classification", "retrieval", "vqa", "generation"):
         run_finetuning(task, cfg(), str(out / "pretrain-bar"), out / "finetune" / f"{task}-MedViLL-BAR", console=quiet)
     run_finetuning("classification", cfg(), "scratch", out / "finetune" / "classification-FT-only", console=quiet)
+    run_finetuning("classification", cfg(), "tienet", out / "finetune" / "classification-TieNet", console=quiet)
     return out
