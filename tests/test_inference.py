@@ -155,6 +155,9 @@ def test_report_query_ranks_a_pool_of_mixed_image_inputs(pipe, records):
                                                            pipe.retrieve(records[1].text, pool, k=None)}
     with pytest.raises(TypeError, match="an image query ranks reports"):
         pipe.retrieve(records[0].image, [records[1].image])
+    long_report = " ".join([records[1].text] * 3)  # longer than a file name may be: still a report query
+    assert len(pipe.retrieve(long_report, pool, k=None)) == 4
+    assert pipe.retrieve(str(records[1].image), [records[0].text])[0].index == 0  # an existing file: an image query
 
 
 def test_batch_equals_one_by_one(pipe, records):

@@ -392,7 +392,10 @@ def _is_image_query(x: Any) -> bool:
     if isinstance(x, (os.PathLike, Image.Image, np.ndarray)):
         return True
     if isinstance(x, str):
-        return len(x) < 4096 and "\n" not in x and Path(x).is_file()
+        try:
+            return len(x) < 4096 and "\n" not in x and Path(x).is_file()
+        except OSError:  # e.g. a long report is no valid file name
+            return False
     raise TypeError(f"query: expected an image (path, PIL image, array) or a report (str), got {type(x).__name__}")
 
 
