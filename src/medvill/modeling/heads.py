@@ -51,7 +51,7 @@ class PretrainOutput:
     irm_loss: torch.Tensor
     mlm_accuracy: torch.Tensor
     irm_accuracy: torch.Tensor
-    irm_logits: torch.Tensor  # (B,)
+    irm_logits: torch.Tensor | None  # (B,); None when called with matching=False
     scheme: MaskScheme
     base: MedViLLOutput
 
@@ -85,6 +85,7 @@ class MedViLLForPretraining(PreTrainedModel):
         num_visual_sampled: int | None = None,
         generator: torch.Generator | None = None,
         visual_features: torch.Tensor | None = None,
+        matching: bool = True,  # False: skip the matching head (report generation trains the MLM only)
     ) -> PretrainOutput:
         out = self.medvill(
             text_ids, text_valid, scheme, images=images, visual_features=visual_features,
@@ -99,9 +100,10 @@ class MedViLLForPretraining(PreTrainedModel):
                 targets = mlm_labels[positions]
                 mlm_loss = F.cross_entropy(logits.float(), targets)
                 mlm_acc = (logits.argmax(-1) == targets).float().mean()
-        irm_logits = self.irm_head(self.medvill.summary(out, text_valid)).squeeze(-1)  # (B,)
+        # a head output that no loss uses would stall DDP's gradient reduction: compute it only when wanted
+        irm_logits = self.irm_head(self.medvill.summary(out, text_valid)).squeeze(-1) if matching else None  # (B,)
         irm_loss, irm_acc = zero, zero
-        if is_matched is not None:
+        if is_matched is not None and irm_logits is not None:
             target = is_matched.float()
             irm_loss = F.binary_cross_entropy_with_logits(irm_logits.float(), target)
             irm_acc = ((irm_logits > 0).float() == target).float().mean()

@@ -30,7 +30,7 @@ class GenerationTask:
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> StepOutput:
         out = model(text_ids=batch["text_ids"], text_valid=batch["text_valid"], scheme=MaskScheme.S2S,
-                    images=batch["images"], mlm_labels=batch["mlm_labels"])
+                    images=batch["images"], mlm_labels=batch["mlm_labels"], matching=False)
         return StepOutput(loss=out.mlm_loss, metrics={"mlm_loss": out.mlm_loss.item(), "mlm_acc": out.mlm_accuracy.item()})
 
     @torch.no_grad()

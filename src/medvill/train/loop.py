@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, PartialState, is_initialized
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
@@ -69,7 +69,10 @@ class TrainResult:
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator for ``cfg``.  The data order comes from Accelerate's seedable sampler
-    (a function of ``train.seed`` and the epoch), which exact resume relies on."""
+    (a function of ``train.seed`` and the epoch), which exact resume relies on.  Under several
+    processes DDP looks for parameters without a gradient in each step: some tasks leave heads
+    unused (report generation trains no matching head; a pre-training batch on one process may
+    hold no masked token), which plain DDP would reject."""
     if is_initialized() and PartialState().num_processes == 1:
         # one process may train several models (the demo, tests) with other precision settings
         AcceleratorState._reset_state()
@@ -78,6 +81,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 
