@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import pytest
+import typer
 import typer.main
 from typer.testing import CliRunner
 
@@ -35,6 +35,7 @@ INLINE = re.compile(r"(?<!`)`(medvill [^`]+)`(?!`)")
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 TASK_COMMANDS = ("finetune", "evaluate")
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
+LAUNCHERS = ("torchrun", "accelerate", "python", "python3")  # python -m medvill, torchrun -m medvill ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ def shell_commands(snippet: Snippet, program: str) -> list[tuple[str, list[str]]
         argv = shlex.split(line, comments=True)
         if argv and (argv[0] == program or argv[0].endswith(f"/bin/{program}")):
             out.append((f"{snippet.where}+{offset + 1}", argv[1:]))
+        elif program == "medvill" and argv and argv[0] in LAUNCHERS:  # torchrun ... -m medvill ARGS
+            for i in range(len(argv) - 1):
+                if argv[i] in ("-m", "--module") and argv[i + 1] == program:
+                    out.append((f"{snippet.where}+{offset + 1}", argv[i + 2:]))
+                    break
     return out
 
 
@@ -108,13 +114,33 @@ def help_text(*args: str) -> str:
     return result.output
 
 
-_HELP: dict[str, str] = {}
+_HELP: dict[tuple[str, ...], str] = {}
 
 
-def cached_help(command: str) -> str:
-    if command not in _HELP:
-        _HELP[command] = help_text(command) if command else help_text()
-    return _HELP[command]
+def cached_help(*path: str) -> str:
+    if path not in _HELP:
+        _HELP[path] = help_text(*path)
+    return _HELP[path]
+
+
+def is_group(command) -> bool:
+    return hasattr(command, "get_command") and hasattr(command, "list_commands")
+
+
+def resolve(where: str, argv: list[str]):
+    """``(command path, leaf command, its arguments)``: subcommands of groups (``figures
+    attention``) are followed down to the command that runs.  (typer vendors its own click, so
+    the click objects are used by duck typing.)"""
+    command = GROUP
+    path: list[str] = []
+    rest = list(argv)
+    while is_group(command) and rest and not rest[0].startswith("-"):
+        sub = command.get_command(typer.Context(command), rest[0])
+        assert sub is not None and not sub.hidden, \
+            f"{where}: `medvill {' '.join([*path, rest[0]])}` is not a command (see medvill {' '.join(path)} --help)"
+        path.append(rest.pop(0))
+        command = sub
+    return path, command, rest
 
 
 def test_the_docs_show_the_main_commands():
@@ -127,19 +153,18 @@ def test_the_docs_show_the_main_commands():
 def test_documented_command_exists_with_its_options(where, lang, argv):
     options = [m.group(1) for arg in argv for m in [OPTION.match(arg.split("=", 1)[0])] if m]
     if not argv or argv[0].startswith("-"):  # `medvill --help`
-        top = cached_help("")
+        top = cached_help()
         for opt in options:
             assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", top), f"{where}: medvill has no {opt}"
         return
-    command = argv[0]
-    if command.isupper():  # a placeholder in prose: `medvill COMMAND --help`
+    if argv[0].isupper():  # a placeholder in prose: `medvill COMMAND --help`
         return
-    listed = GROUP.get_command(click.Context(GROUP), command)
-    assert listed is not None and not listed.hidden, f"{where}: `medvill {command}` is not a command (see medvill --help)"
-    text = cached_help(command)
+    path, _, _ = resolve(where, argv)
+    text = cached_help(*path)
+    name = " ".join(path)
     for opt in options:
         assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text), \
-            f"{where}: `medvill {command}` has no option {opt} (see medvill {command} --help)"
+            f"{where}: `medvill {name}` has no option {opt} (see medvill {name} --help)"
 
 
 BASH = [(w, a) for w, lang, a in COMMANDS if lang in SHELL_LANGS and a and not a[0].startswith("-")]
@@ -148,14 +173,16 @@ BASH = [(w, a) for w, lang, a in COMMANDS if lang in SHELL_LANGS and a and not a
 @pytest.mark.parametrize("where,argv", BASH, ids=[c[0] for c in BASH])
 def test_documented_command_parses_and_its_config_loads(where, argv):
     """A pasted command line is accepted by the CLI's parser and by the strict config loader."""
-    command = GROUP.get_command(click.Context(GROUP), argv[0])
-    assert command is not None, f"{where}: no command {argv[0]}"
+    path, command, rest = resolve(where, argv)
+    assert not is_group(command), f"{where}: `medvill {' '.join(path)}` needs a subcommand"
     try:
-        ctx = command.make_context(argv[0], list(argv[1:]), parent=click.Context(GROUP, info_name="medvill"))
-    except click.ClickException as exc:
+        ctx = command.make_context(path[-1], rest, parent=typer.Context(GROUP, info_name="medvill"))
+    except Exception as exc:  # click's UsageError / BadParameter (typer's vendored click)
+        if not hasattr(exc, "format_message"):
+            raise
         pytest.fail(f"{where}: medvill {' '.join(argv)}\n  rejected by the CLI: {exc.format_message()}")
     params = ctx.params
-    if argv[0] in TASK_COMMANDS:
+    if path[0] in TASK_COMMANDS:
         from medvill.finetune import TASKS
 
         assert params["task"] in TASKS, f"{where}: unknown task {params['task']!r}; tasks: {TASKS}"
@@ -206,15 +233,18 @@ def test_the_docs_parser_finds_commands_options_and_failures(tmp_path, monkeypat
     page = tmp_path / "docs" / "page.md"
     page.parent.mkdir()
     page.write_text("Run `medvill bogus`.\n\n```bash\nmedvill pretrain --output x \\\n  --no-such-flag 1\n"
-                    "medvill finetune nonsense --output y\n$ medvill pretrain --output z --set train.nope=1  # c\n```\n")
+                    "medvill finetune nonsense --output y\n$ medvill pretrain --output z --set train.nope=1  # c\n"
+                    "torchrun --nproc_per_node 2 -m medvill pretrain --mask nope --output w\n"
+                    "medvill figures nothing --output v\npython scripts/other.py --output u\n```\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "DOCS", tmp_path / "docs")
     found = {tuple(a) for _, _, a in documented_medvill()}
     assert found == {("bogus",), ("pretrain", "--output", "x", "--no-such-flag", "1"),
-                     ("finetune", "nonsense", "--output", "y"), ("pretrain", "--output", "z", "--set", "train.nope=1")}
+                     ("finetune", "nonsense", "--output", "y"), ("pretrain", "--output", "z", "--set", "train.nope=1"),
+                     ("pretrain", "--mask", "nope", "--output", "w"), ("figures", "nothing", "--output", "v")}
     for where, lang, argv in documented_medvill():
         with pytest.raises((AssertionError, pytest.fail.Exception)):
-            if argv[0] == "bogus" or "--no-such-flag" in argv:
+            if argv[0] == "bogus" or "--no-such-flag" in argv or "nothing" in argv:
                 test_documented_command_exists_with_its_options(where, lang, argv)
             else:
                 test_documented_command_parses_and_its_config_loads(where, argv)
@@ -223,7 +253,8 @@ def test_the_docs_parser_finds_commands_options_and_failures(tmp_path, monkeypat
 def test_api_reference_covers_the_core_modules():
     directives = {m for p in (DOCS / "reference").glob("*.md")
                   for m in re.findall(r"^:::\s*(\S+)", p.read_text(), re.MULTILINE)}
-    for module in ("config", "modeling", "data", "metrics", "generation", "tasks", "train", "finetune", "evaluate"):
+    for module in ("config", "modeling", "data", "metrics", "generation", "tasks", "train", "finetune", "evaluate",
+                   "inference", "figures"):
         assert f"medvill.{module}" in directives, f"no API reference page renders medvill.{module}"
     assert "medvill" in directives  # the catch-all page: modules without a page of their own
 
