@@ -19,12 +19,15 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from medvill.config import load_config
+from medvill.config import MaskScheme, PretrainConfig, load_config
+from medvill.data.collate import MLMSpec, PretrainCollator, PretrainDataset
 from medvill.data.task_data import ImageTextCollator, ImageTextDataset
-from medvill.modeling.heads import MedViLLForClassification
+from medvill.modeling.heads import MedViLLForClassification, MedViLLForPretraining
 from medvill.modeling.pretrained import unique_state_dict
 from medvill.pipeline import model_config_for
 from medvill.tasks.classification import ClassificationTask, binary_targets
+from medvill.tasks.generation import GenerationTask
+from medvill.tasks.pretrain import PretrainTask
 from medvill.tokenization import MedTokenizer
 from medvill.train.loop import fit
 
@@ -59,11 +62,29 @@ def train_classifier(init: Path, records, out: Path, batch_size: int):
     return model, result, eval_passes
 
 
+def train_mlm_tasks(init: Path, records, out: Path) -> dict[str, torch.Tensor]:
+    """Pre-training and report generation (whose matching head is unused) for 2 steps each."""
+    tok = MedTokenizer.from_pretrained(init)
+    mcfg = MedViLLForClassification.from_pretrained(init).config
+    torch.manual_seed(0)
+    model = MedViLLForPretraining(mcfg)
+    cfg = train_cfg(PER_PROCESS_BATCH)
+    cfg.max_steps, cfg.eval_every = 2, 0
+    for task, matching in ((PretrainTask(PretrainConfig(mask=MaskScheme.BI_S2S, visual_tokens_sampled=8)), True),
+                           (GenerationTask(), False)):
+        ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, MLMSpec(), matching=matching)
+        loader = DataLoader(ds, batch_size=PER_PROCESS_BATCH, shuffle=True, drop_last=True,
+                            collate_fn=PretrainCollator(tok.pad_id), generator=torch.Generator().manual_seed(0))
+        fit(model, task, loader, cfg, out / task.name, lambda m, d: None)
+    return unique_state_dict(model)
+
+
 def _worker(rank: int, world: int, port: int, init: str, records, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     model, result, eval_passes = train_classifier(Path(init), records, Path(out) / "run", PER_PROCESS_BATCH)
     save_file(unique_state_dict(model), str(Path(out) / f"rank{rank}.safetensors"))
+    save_file(train_mlm_tasks(Path(init), records, Path(out) / "mlm"), str(Path(out) / f"mlm{rank}.safetensors"))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps({
         "selection": result.selection, "history": result.history, "eval_examples": sum(eval_passes),
         "distributed": torch.distributed.is_initialized() and torch.distributed.get_world_size()}))
@@ -85,6 +106,7 @@ def initial_model(fake_records, tmp_path_factory) -> Path:
     return model.save_pretrained(tmp_path_factory.mktemp("init") / "model", tokenizer=tok)
 
 
+@pytest.mark.slow  # two spawned interpreters: 15-40 s on 2 shared cores
 def test_two_processes_equal_one_process_with_the_same_global_batch(fake_records, initial_model, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(initial_model), fake_records, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -97,6 +119,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(fake_records
         assert torch.equal(weights[0][name], weights[1][name]), name
     logs = [[{k: v for k, v in h.items() if k != "elapsed_s"} for h in r["history"]] for r in ranks]
     assert logs[0] == logs[1] and ranks[0]["selection"] == ranks[1]["selection"]
+    # pre-training and report generation (a head without gradient) also train in lockstep
+    mlm = [load_file(str(tmp_path / f"mlm{r}.safetensors")) for r in range(2)]
+    assert all(torch.equal(mlm[0][k], mlm[1][k]) for k in mlm[0])
 
     # validation was split between the processes (24 examples, 6 batches: 3 each) and gathered
     assert [r["eval_examples"] for r in ranks] == [12 * 2, 12 * 2]  # 2 validations of 12 examples each
