@@ -148,3 +148,10 @@ def test_sync_batchnorm_needs_gpus(setup):
         apply_memory_options(model, cfg, num_processes=2, device_type="cpu")
     with pytest.raises(ConfigError, match="train.batchnorm"):
         load_config("tiny", None, ["train.batchnorm=group"])
+
+
+def test_mixed_precision_no_survives_yaml_booleans():
+    # YAML 1.1 reads a bare `no` as False; the string key takes it back
+    assert load_config("tiny", None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config("tiny", None, ["train.mixed_precision=fp8"])
