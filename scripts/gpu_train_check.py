@@ -149,8 +149,8 @@ def main() -> None:
            "command": "PYTHONPATH=src python3 scripts/gpu_train_check.py" + (" --smoke" if args.smoke else "")}
     print(json.dumps(env))
     plan = [  # (batch, precision, checkpointing, channels_last)
-        (16, "bf16", False, False), (16, "fp16", False, False), (32, "bf16", False, False),
-        (32, "bf16", True, False), (32, "bf16", False, True), (64, "bf16", True, False),
+        (16, "bf16", False, False), (32, "bf16", False, False), (32, "bf16", True, False),
+        (16, "fp16", False, False), (64, "bf16", True, False), (32, "bf16", False, True),
     ]
     if args.smoke:
         plan = [(4, "no", False, False), (4, "bf16", True, True)]
