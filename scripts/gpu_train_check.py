@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("gpu-train-check"))
     ap.add_argument("--smoke", action="store_true", help="small sizes: checks the script (CPU too)")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rows", type=int, default=None, help="only the first N memory rows")
+    ap.add_argument("--no-resume", action="store_true", help="skip the resume checks")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -154,6 +156,7 @@ def main() -> None:
     ]
     if args.smoke:
         plan = [(4, "no", False, False), (4, "bf16", True, True)]
+    plan = plan[: args.rows]
     rows = []
     t0 = time.perf_counter()
     for batch, mp, ckpt, cl in plan:
@@ -161,7 +164,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     resume = []
-    for mp, det in ([("bf16", True), ("fp16", True)] if not cpu else [("no", True)]):
+    for mp, det in [] if args.no_resume else ([("bf16", True), ("fp16", True)] if not cpu else [("no", True)]):
         r = resume_check(mp, det, work, cpu)
         resume.append(r)
         print(json.dumps(r), flush=True)
