@@ -308,16 +308,18 @@ class TrainStepResult:
     memory_method: str
     amp: str
     attn: str
+    channels_last: bool = False
     profile_table: str | None = None
 
 
 class TrainStep:
     """One pre-training optimiser step as ``medvill pretrain`` takes it: PretrainTask's
     MLM + IRM loss under the preset's mask (BAR; k of K visual tokens), backward, gradient
-    clipping, AdamW with the loop's parameter groups.  ``amp``: fp32 or bf16/fp16 autocast."""
+    clipping, AdamW with the loop's parameter groups.  ``amp``: fp32 or bf16/fp16 autocast;
+    ``channels_last``: the loop's ``train.channels_last`` memory option for the CNN."""
 
     def __init__(self, preset: str, batch_size: int, device: torch.device, amp: str = "fp32",
-                 attn: str = "sdpa", seed: int = 0):
+                 attn: str = "sdpa", seed: int = 0, channels_last: bool = False):
         from medvill.modeling.heads import MedViLLForPretraining
         from medvill.tasks.pretrain import PretrainTask
         from medvill.train.loop import param_groups
@@ -326,6 +328,11 @@ class TrainStep:
         cfg, self.mcfg = bench_model_config(preset, attn)
         torch.manual_seed(seed)
         self.model = MedViLLForPretraining(self.mcfg, load_pretrained_backbone=False).to(device).train()
+        if channels_last:
+            from medvill.train.memory import apply_memory_options
+
+            cfg.train.channels_last = True
+            self.model = apply_memory_options(self.model, cfg.train, 1, device.type)
         self.task = PretrainTask(cfg.pretrain, seed)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train), lr=cfg.train.lr)
         self.grad_clip = cfg.train.grad_clip
@@ -353,8 +360,17 @@ class TrainStep:
         self.step += 1
 
     def flops(self) -> int:
-        """FLOPs of one forward + backward (the optimiser's elementwise work is not counted)."""
-        n = count_flops(self.forward_backward)
+        """FLOPs of one forward + backward (the optimiser's elementwise work is not counted).
+
+        Counted with the SDPA kernel whatever ``attn`` is: the model's FLOPs (dense attention),
+        so that a kernel that skips masked blocks shows as a higher achieved rate (and because
+        compiled FlexAttention cannot run under the counter's dispatch mode)."""
+        impl = self.mcfg.attn_implementation
+        self.model.config.attn_implementation = "sdpa"
+        try:
+            n = count_flops(self.forward_backward)
+        finally:
+            self.model.config.attn_implementation = impl
         self.optimizer.zero_grad(set_to_none=True)
         return n
 
@@ -374,9 +390,10 @@ class TrainStep:
 
 
 def measure_train_step(preset: str, batch_size: int, device: torch.device, amp: str = "fp32", attn: str = "sdpa",
-                       steps: int = 3, warmup: int = 1, profile: bool = False) -> TrainStepResult:
+                       steps: int = 3, warmup: int = 1, profile: bool = False,
+                       channels_last: bool = False) -> TrainStepResult:
     """Samples/s (best of ``steps`` timed steps after ``warmup``), FLOPs per step and peak memory."""
-    step = TrainStep(preset, batch_size, device, amp, attn)
+    step = TrainStep(preset, batch_size, device, amp, attn, channels_last=channels_last)
     with peak_memory(device) as mem:
         for _ in range(max(0, warmup)):
             step()
@@ -387,5 +404,6 @@ def measure_train_step(preset: str, batch_size: int, device: torch.device, amp: 
     return TrainStepResult(
         preset=preset, batch_size=batch_size, seq_len=step.seq_len, params_m=params, step_s=t,
         samples_per_s=batch_size / t, flops_per_step=flops, achieved_flops=flops / t,
-        peak_memory_bytes=mem.bytes, memory_method=mem.method, amp=amp, attn=attn, profile_table=table,
+        peak_memory_bytes=mem.bytes, memory_method=mem.method, amp=amp, attn=attn, channels_last=channels_last,
+        profile_table=table,
     )

@@ -14,6 +14,10 @@ blocks are skipped).  Reported per scheme:
   against SDPA in float64 on the CPU (``--dtype`` bf16 by default on CUDA, fp32 on the CPU):
   flex must be as close as SDPA (asserted: at most 2x SDPA's error plus a small floor).
 
+``--diagnostics`` adds two flex timings that say where its time goes: the same block mask with
+the mask looked up in the dense boolean tensor instead of the index function, and flex with no
+mask at all (the kernel's floor at this size; a different result, so only timed).
+
 FlexAttention has no CPU backward in torch 2.14 and compiles for a long time on a CPU:
 ``--quick`` (small sizes, forward only) runs its unfused reference on the CPU as a smoke test.
 
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--diagnostics", action="store_true",
+                    help="also time flex with a dense-lookup mask and with no mask (where its time goes)")
     ap.add_argument("--quick", action="store_true", help="smoke test: small sizes, unfused flex on the CPU")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -104,13 +110,18 @@ def main(argv: list[str] | None = None) -> int:
         q, k, v = (torch.randn(b, h, s, d, generator=g).to(device, dtype).requires_grad_(backward) for _ in range(3))
         grad_out = torch.randn(b, h, s, d, generator=g).to(device, dtype)
 
+        masks = {"flex": block_mask}
+        if args.diagnostics:
+            masks["flex_lookup"] = flex_block_mask(dense)
+            masks["flex_nomask"] = None
+
         def run(kind: str):
             for t in (q, k, v):
                 t.grad = None
             if kind == "sdpa":
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
             else:
-                out = flex(q, k, v, block_mask=block_mask)
+                out = flex(q, k, v, block_mask=masks[kind])
             if backward:
                 out.backward(grad_out)
             return out
@@ -135,17 +146,24 @@ def main(argv: list[str] | None = None) -> int:
                     grad_errors[kind] = max(rel_err(t.grad, r) for t, r in zip((q, k, v), ref_grads, strict=True))
                 run(kind)  # warm-up
                 timing[kind] = median_time(lambda kind=kind: run(kind), device, args.repeats)
+            for kind in masks:
+                if kind != "flex":
+                    run(kind)  # compile / warm-up
+                    run(kind)
+                    timing[kind] = median_time(lambda kind=kind: run(kind), device, args.repeats)
         floor = 1e-5 if dtype == torch.float32 else 2e-3
         for label, errs in (("output", errors), ("input gradients", grad_errors)):
             if errs and errs["flex"] > 2 * errs["sdpa"] + floor:
                 raise AssertionError(f"{name}: flex {label} error {errs['flex']:.2e} vs SDPA {errs['sdpa']:.2e}")
-        sparsity = block_mask.sparsity() / 100.0
+        sparsity = 1.0 - float(block_mask.to_dense().float().mean())  # blocks never computed
         speedup = timing["sdpa"] / timing["flex"]
         rows.append([name, f"{sparsity:.0%}", build_s * 1e3, timing["sdpa"] * 1e3, timing["flex"] * 1e3, speedup,
                      f"{errors['sdpa']:.1e} / {errors['flex']:.1e}",
-                     f"{grad_errors['sdpa']:.1e} / {grad_errors['flex']:.1e}" if backward else "-", compile_s])
+                     f"{grad_errors['sdpa']:.1e} / {grad_errors['flex']:.1e}" if backward else "-", compile_s]
+                    + ([timing["flex_lookup"] * 1e3, timing["flex_nomask"] * 1e3] if args.diagnostics else []))
         results.append({"scheme": name, "seq_len": s, "block_sparsity": sparsity, "block_mask_build_s": build_s,
                         "sdpa_s": timing["sdpa"], "flex_s": timing["flex"], "flex_speedup": speedup,
+                        "flex_lookup_s": timing.get("flex_lookup"), "flex_nomask_s": timing.get("flex_nomask"),
                         "rel_err": errors, "grad_rel_err": grad_errors, "first_flex_call_s": compile_s})
 
     machine_line = machine(device)
@@ -156,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{str(dtype).replace('torch.', '')}",
         machine_line, cmd,
         ["scheme", "blocks skipped", "mask build ms", "sdpa ms", "flex ms", "flex speedup",
-         "rel. error sdpa / flex", "grad rel. error sdpa / flex", "first flex call s"],
+         "rel. error sdpa / flex", "grad rel. error sdpa / flex", "first flex call s"]
+        + (["flex lookup-mask ms", "flex no-mask ms"] if args.diagnostics else []),
         rows,
         notes=[f"S = {args.visual} + 3 + {args.text} (+1 CLS_L for non_crossing); report lengths uniform in "
                f"[{int(args.min_fill * args.text)}, {args.text}]; median of {args.repeats}; errors against float64 "

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default="fp32",
                     help="autocast type of the train step; its matmul rate is measured too")
     ap.add_argument("--attn", choices=("sdpa", "eager", "flex"), default="sdpa", help="model.attn_implementation")
+    ap.add_argument("--channels-last", action="store_true", help="train.channels_last: the CNN in NHWC layout")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per preset (best is reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--gemm-n", type=int, default=None, help="matrix side (default: CPU 4096, CUDA 8192)")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         bs = args.batch_size or DEFAULT_BATCH[device.type][preset]
         console.print(f"[dim]train step: {preset}, batch {bs}, {args.amp}, {args.attn} ...[/dim]")
         res = measure_train_step(preset, bs, device, args.amp, args.attn, steps, warmup,
-                                 profile=args.profile and i == len(presets) - 1)
+                                 profile=args.profile and i == len(presets) - 1, channels_last=args.channels_last)
         results.append(res)
 
     machine_line = machine(device)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
          "peak memory"],
         rows,
         notes=[f"FLOPs: FlopCounterMode over forward + backward (2 per multiply-add); step: forward, backward, "
-               f"clip, AdamW; best of {steps} after {warmup} warm-up; attention {args.attn}, {args.amp}",
+               f"clip, AdamW; best of {steps} after {warmup} warm-up; attention {args.attn}, {args.amp}"
+               f"{', CNN channels_last' if args.channels_last else ''}",
                f"peak memory: {results[0].memory_method if results else '-'}"],
     )
     for r in results:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"train_gemm_fraction_base": base.achieved_flops / limit if base else None}
     write_json(args.json, {
         "benchmark": "train", "machine": machine_line, "command": cmd, "device": str(device),
-        "amp": args.amp, "attn": args.attn, "matmul_n": gemm_n, "matmul_flops": rates,
+        "amp": args.amp, "attn": args.attn, "channels_last": args.channels_last, "matmul_n": gemm_n, "matmul_flops": rates,
         "results": [{k: v for k, v in vars(r).items() if k != "profile_table"} for r in results],
         "summary": summary,
     })

@@ -9,18 +9,19 @@
 #    --no-build-isolation -e .` (dependencies from the environment), then PYTHONPATH=src; the
 #    summary says which worked and which imports are missing;
 # 3. bf16 pre-training step of the base configuration: MFU against the measured bf16 matmul
-#    rate, with a profiler table (benchmarks/bench_train.py --presets base --amp bf16);
+#    rate, with a profiler table (benchmarks/bench_train.py --presets base --amp bf16), then
+#    again with the CNN in channels_last (train.channels_last);
 # 4. KV-cached vs naive generation, 128 tokens, base (benchmarks/bench_generation.py);
 # 5. a tiny bf16 pre-training run through the CLI (medvill pretrain --preset tiny);
 # 6. FlexAttention vs SDPA equality on the GPU: tests/test_attention.py (tiny model, outputs and
 #    all parameter gradients; the CPU tests of the file run too);
 # 7. FlexAttention vs SDPA speed and error at the paper's sizes, every scheme, forward and
-#    backward (benchmarks/bench_attention.py);
-# 8. if time is left: the base train step again with attn_implementation=flex.
+#    backward, with the diagnostic timings (benchmarks/bench_attention.py --diagnostics);
+# 8. if time is left: the base train step with channels_last and attn_implementation=flex.
 #
 # Everything goes to $OUT (default ./gpu-check-output): gpu_check.log (all output),
-# summary.txt (one line per step and the headline numbers) and the benchmarks' JSON files;
-# at most 8 files.  Steps share a deadline (GPU_CHECK_BUDGET_S, default 280 s) so the whole
+# summary.txt (one line per step and the headline numbers) and the benchmarks' JSON files
+# (7 files).  Steps share a deadline (GPU_CHECK_BUDGET_S, default 280 s) so the whole
 # check stays under 5 minutes; a step cut short is reported as such.  PYTHON picks the
 # interpreter (default python3).
 set -u
@@ -107,14 +108,16 @@ say "install: $INSTALL; missing imports: $MISSING"
 # 3-8, the headline numbers first (FlexAttention compiles a kernel per scheme: the slow part)
 step train-base-bf16 90 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --steps 10 --profile \
     --json "$OUT/train_base_bf16.json"
+step train-base-bf16-channels-last 60 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --steps 10 \
+    --channels-last --json "$OUT/train_base_bf16_cl.json"
 step generation-base-128 60 "$PY" benchmarks/bench_generation.py --preset base --lengths 128 --repeats 3 \
     --json "$OUT/generation_base.json"
 step pretrain-tiny-bf16 90 "$PY" -m medvill.cli pretrain --preset tiny --output "$WORK/pretrain" --max-steps 40 \
     --set train.mixed_precision=bf16
 step flex-equality-tests 120 "$PY" -m pytest tests/test_attention.py -q -p no:cacheprovider -rs
-step flex-vs-sdpa-bench 120 "$PY" benchmarks/bench_attention.py --json "$OUT/attention.json"
-step train-base-bf16-flex 90 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --attn flex --steps 10 \
-    --json "$OUT/train_base_bf16_flex.json"
+step flex-vs-sdpa-bench 120 "$PY" benchmarks/bench_attention.py --diagnostics --json "$OUT/attention.json"
+step train-base-bf16-flex 90 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --channels-last --attn flex \
+    --steps 10 --json "$OUT/train_base_bf16_cl_flex.json"
 
 # headline numbers
 "$PY" - "$OUT" "$WORK/pretrain" <<'EOF' >>"$SUMMARY" 2>>"$LOG"
@@ -130,10 +133,16 @@ if t:
     print(f"train base bf16: batch {r['batch_size']}, {r['samples_per_s']:.1f} samples/s, "
           f"{r['achieved_flops'] / 1e12:.1f} TFLOP/s; measured bf16 matmul {t['matmul_flops']['bf16'] / 1e12:.0f} TFLOP/s; "
           f"MFU {t['summary']['train_gemm_fraction_base']:.3f} (target 0.45)")
-f = load("train_base_bf16_flex.json")
-if f and t:
-    print(f"train base bf16 with flex: {f['results'][0]['samples_per_s']:.1f} samples/s "
-          f"(sdpa {t['results'][0]['samples_per_s']:.1f})")
+c = load("train_base_bf16_cl.json")
+if c:
+    r = c["results"][0]
+    print(f"train base bf16, channels_last: {r['samples_per_s']:.1f} samples/s, MFU "
+          f"{c['summary']['train_gemm_fraction_base']:.3f}")
+f = load("train_base_bf16_cl_flex.json")
+if f:
+    r = f["results"][0]
+    print(f"train base bf16, channels_last, flex attention: {r['samples_per_s']:.1f} samples/s, MFU "
+          f"{f['summary']['train_gemm_fraction_base']:.3f}")
 g = load("generation_base.json")
 if g:
     r = g["results"][0]
@@ -142,9 +151,11 @@ if g:
 a = load("attention.json")
 if a:
     for r in a["results"]:
+        extra = (f"; flex lookup-mask {r['flex_lookup_s'] * 1e3:.2f} ms, no mask {r['flex_nomask_s'] * 1e3:.2f} ms"
+                 if r.get("flex_nomask_s") else "")
         print(f"attention {r['scheme']}: {r['block_sparsity']:.0%} blocks skipped, sdpa {r['sdpa_s'] * 1e3:.2f} ms, "
               f"flex {r['flex_s'] * 1e3:.2f} ms (x{r['flex_speedup']:.2f}), rel. error sdpa/flex "
-              f"{r['rel_err']['sdpa']:.1e}/{r['rel_err']['flex']:.1e}")
+              f"{r['rel_err']['sdpa']:.1e}/{r['rel_err']['flex']:.1e}{extra}")
 m = pre / "metrics.jsonl"
 if m.is_file():
     rows = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]

@@ -218,3 +218,10 @@ def test_eager_never_calls_sdpa(monkeypatch, checkpointing):
     model.config.attn_implementation = "sdpa"
     model(ids, valid, MaskScheme.BAR, images=images, mlm_labels=ids.masked_fill(~valid, -100)).loss.backward()
     assert len(calls) >= model.config.num_hidden_layers
+
+
+def test_padding_must_be_left_aligned():
+    layout = SequenceLayout(num_visual=2, text_len=4)
+    holes = torch.tensor([[True, False, True, False]])
+    with pytest.raises(ValueError, match="left-aligned"):
+        build_attention_mask(MaskScheme.BAR, layout, holes)

@@ -75,7 +75,9 @@ def flex_block_mask(mask: torch.Tensor, mask_mod: MaskMod | None = None):
         def mask_mod(bi, h, q, kv):  # noqa: ANN001, ANN202 - FlexAttention's signature
             return dense[bi, q, kv]
 
-    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=s, KV_LEN=t, device=mask.device)
+    # on CUDA the mask is evaluated by a compiled kernel (eager vmap: about 10 ms a batch on an H200)
+    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=s, KV_LEN=t, device=mask.device,
+                             _compile=mask.device.type == "cuda")
 
 
 def _activation(name: str) -> nn.Module:

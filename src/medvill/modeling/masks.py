@@ -131,10 +131,19 @@ def scheme_mask_mod(
     ``pad_rows_attend_self``: let a PAD query row attend its own position (the encoder's
     rule for rows that may attend nothing, :func:`~medvill.modeling.encoder.ensure_nonempty_rows`);
     every real row already attends itself under every scheme.
+
+    Padding is read as one length per example (the text is left-aligned; anything else is
+    an error), so a position's validity costs one lookup in a ``(B,)`` tensor: inside a
+    FlexAttention kernel that is about half the time of looking up a ``(B, S)`` validity
+    table (measured on an H200, BENCHMARKS.md).
     """
     scheme = _check_scheme(scheme, layout, text_valid)
     nv = layout.num_v_group
-    valid = valid_positions(layout, text_valid)  # (B, S)
+    lengths = text_valid.long().sum(dim=1)  # (B,) real text tokens
+    positions = torch.arange(text_valid.shape[1], device=text_valid.device)
+    if not torch.equal(text_valid.bool(), positions[None] < lengths[:, None]):
+        raise ValueError("text_valid must be left-aligned: each row's real tokens first, then padding")
+    end = layout.text_start + lengths  # (B,) first PAD position of each example
 
     def mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         q_v, k_v = q < nv, kv < nv  # query / key in group V
@@ -146,8 +155,9 @@ def scheme_mask_mod(
             allowed = q_v | k_v | (kv <= q)
         else:  # NON_CROSSING: V->V, T->T
             allowed = q_v == k_v
-        q_valid = valid[b, q]
-        keep = allowed & q_valid & valid[b, kv]
+        last = end[b]
+        q_valid = q < last
+        keep = allowed & q_valid & (kv < last)
         if pad_rows_attend_self:
             keep = keep | (~q_valid & (q == kv))
         return keep
