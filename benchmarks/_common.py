@@ -338,7 +338,7 @@ class TrainStep:
         self.grad_clip = cfg.train.grad_clip
         self.batch = random_pretrain_batch(self.mcfg, batch_size, device, seed)
         k = cfg.pretrain.visual_tokens_sampled or self.mcfg.num_visual_tokens
-        self.seq_len = k + 3 + self.mcfg.max_text_len
+        self.seq_len = k + 2 + self.mcfg.max_text_len  # CLS, k visual, SEP_V, reports with their SEP_L
         self.step = 0
 
     def autocast(self):

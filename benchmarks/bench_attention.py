@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
          "rel. error sdpa / flex", "grad rel. error sdpa / flex", "first flex call s"]
         + (["flex lookup-mask ms", "flex no-mask ms"] if args.diagnostics else []),
         rows,
-        notes=[f"S = {args.visual} + 3 + {args.text} (+1 CLS_L for non_crossing); report lengths uniform in "
+        notes=[f"S = 1 + {args.visual} + 1 + {args.text} (+1 CLS_L for non_crossing); report lengths uniform in "
                f"[{int(args.min_fill * args.text)}, {args.text}]; median of {args.repeats}; errors against float64 "
                "SDPA on the CPU" + ("; unfused flex (--quick on the CPU): its times mean nothing" if args.quick and
                                     not cuda else "")],
