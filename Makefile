@@ -44,7 +44,7 @@ BENCH_DIR ?= bench-output
 BENCH_ARGS ?=
 bench: setup
 	@mkdir -p $(BENCH_DIR) && rm -f $(BENCH_DIR)/train.json $(BENCH_DIR)/generation.json $(BENCH_DIR)/retrieval.json $(BENCH_DIR)/data.json
-	$(BIN)/python benchmarks/bench_train.py --json $(BENCH_DIR)/train.json $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_train.py --profile --json $(BENCH_DIR)/train.json $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_generation.py --json $(BENCH_DIR)/generation.json $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_retrieval.py --json $(BENCH_DIR)/retrieval.json $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_data.py --json $(BENCH_DIR)/data.json $(BENCH_ARGS)
