@@ -456,6 +456,13 @@ class Pipeline:
         self._features.clear()
         return self
 
+    def load(self, tasks: Sequence[str] | None = None) -> Pipeline:
+        """Load the models of ``tasks`` (default: every task this pipeline has) now instead of on
+        first use, e.g. once when a server starts; returns the pipeline."""
+        for task in self.tasks if tasks is None else tasks:
+            self._get(task)
+        return self
+
     def checkpoint_path(self, task: str) -> Path:
         """The checkpoint folder used for ``task``; :class:`MissingTaskError` when there is none."""
         if task not in TASKS:
