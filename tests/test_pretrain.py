@@ -171,7 +171,10 @@ def test_cli_demo_runs_the_whole_pipeline_on_the_tiny_preset(tmp_path):
         assert (out / name).is_file()
     data = json.loads((out / "results.json").read_text())
     assert set(data["tasks"]) == {"classification", "retrieval", "vqa", "generation"}
-    assert data["tasks"]["classification"]["models"] == ["MedViLL-BAR", "MedViLL-S2S", "FT-only"]
+    medvill = ["MedViLL-BAR", "MedViLL-S2S", "FT-only"]
+    assert data["tasks"]["classification"]["models"] == [*medvill, "CNN&Transformer", "TieNet"]
+    assert data["tasks"]["retrieval"]["models"] == data["tasks"]["vqa"]["models"] == [*medvill, "CNN&Transformer"]
+    assert data["tasks"]["generation"]["models"] == [*medvill, "TieNet"]
     assert (out / "pretrain-bar" / "model.safetensors").is_file() and (out / "pretrain-s2s").is_dir()
     md = (out / "results.md").read_text()
     assert "## retrieval" in md and "r2i_mrr" in md and "closed_accuracy" in md and "bleu4" in md

@@ -1,9 +1,11 @@
 """The whole pipeline on the built-in synthetic data, in minutes on a laptop.
 
 synthetic data -> pre-training with BAR and S2S -> fine-tuning of the four tasks from each
-pre-trained model and from scratch (the Fine-tuning Only baseline) -> evaluation on the test
-split with bootstrap resamples -> paper-style tables (``results.md``, ``results.csv``,
-``results.json``) with t-tests against MedViLL (BAR).
+pre-trained model and from scratch (the Fine-tuning Only baseline), and of the paper's other
+baselines where the paper has them (CNN & Transformer: classification, retrieval, VQA; TieNet:
+classification, generation) -> evaluation on the test split with bootstrap resamples ->
+paper-style tables (``results.md``, ``results.csv``, ``results.json``) with t-tests against
+MedViLL (BAR).
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from .data.registry import synthetic_root
 from .evaluate import compare_runs
 from .figures import demo_figures
 from .finetune import TASKS, run_evaluation, run_finetuning
+from .modeling.baselines import BASELINE_TASKS
 from .pipeline import run_pretraining
 
-#: demo sizes per preset: (pre-training steps, fine-tuning steps, validation interval, retrieval queries)
-DEMO_STEPS = {"tiny": (4, 4, 2, 8), "small": (250, 60, 30, 50), "base": (1000, 300, 100, 100)}
+#: demo sizes per preset: (pre-training steps, fine-tuning steps, validation interval, retrieval queries);
+#: small: 50 fine-tuning steps (60 before the baseline rows were added) keep the demo under 15 min on 2 cores
+DEMO_STEPS = {"tiny": (4, 4, 2, 8), "small": (250, 50, 25, 50), "base": (1000, 300, 100, 100)}
+#: baseline rows (table name -> ``--init``), each on the tasks it has (modeling/baselines.py)
+BASELINE_ROWS = {"CNN&Transformer": "cnn-transformer", "TieNet": "tienet"}
 
 
 def run_demo(cfg: RunConfig, output: Path, masks: tuple[str, ...] = ("bar", "s2s"), n_bootstrap: int = 30,
@@ -59,13 +65,14 @@ def run_demo(cfg: RunConfig, output: Path, masks: tuple[str, ...] = ("bar", "s2s
         console.rule(f"[bold]3. {task}: fine-tune and evaluate")
         t0 = time.perf_counter()
         evals = []
-        for name, init in inits.items():
+        rows = {**inits, **{n: b for n, b in BASELINE_ROWS.items() if task in BASELINE_TASKS[b]}}
+        for name, init in rows.items():
             fcfg = _with(cfg, f"train.max_steps={ft_steps}", f"train.eval_every={eval_every}",
                          f"eval.max_queries={queries}", f"eval.n_candidates={min(100, _test_size(cfg))}")
-            ft_dir = output / "finetune" / f"{task}-{name}"
+            ft_dir = output / "finetune" / f"{task}-{name.replace('&', '-')}"
             run_finetuning(task, fcfg, init, ft_dir, console=console)
             metrics = run_evaluation(task, ft_dir, fcfg, split="test", n_bootstrap=n_bootstrap)
-            ev_dir = output / "eval" / f"{task}-{name}"
+            ev_dir = output / "eval" / f"{task}-{name.replace('&', '-')}"
             ev_dir.mkdir(parents=True, exist_ok=True)
             (ev_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             evals.append(f"{name}={ev_dir}")

@@ -232,10 +232,13 @@ class TieNet(PreTrainedModel):
     def step(self, token: torch.Tensor, features: torch.Tensor, keys: torch.Tensor,
              state: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Read one token (B,) with attention from the previous state: ``((h, c), alpha (B, K))``."""
-        alpha = self.attention(keys, state[0])
+        return self._step(self.dropout(self.word_embeddings(token)), features, keys, state)
+
+    def _step(self, embedded: torch.Tensor, features: torch.Tensor, keys: torch.Tensor,
+              state: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        alpha = self.attention(keys, state[0])  # (B, K) from h_{t-1}
         context = torch.einsum("bk,bkc->bc", alpha, features)  # (B, C)
-        x = torch.cat([self.dropout(self.word_embeddings(token)), context], dim=-1)
-        return self.lstm(x, state), alpha
+        return self.lstm(torch.cat([embedded, context], dim=-1), state), alpha
 
     def forward(
         self,
@@ -258,9 +261,10 @@ class TieNet(PreTrainedModel):
         inputs = torch.cat([bos, text_ids[:, :-1]], dim=1)  # (B, T) teacher forcing: BOS, w_1 .. w_N
         keys = self.attention.keys(feats)
         state = self.init_state(feats)
+        embedded = self.dropout(self.word_embeddings(inputs))  # (B, T, D), one lookup (and one backward)
         hs, alphas = [], []
         for i in range(t):
-            state, alpha = self.step(inputs[:, i], feats, keys, state)
+            state, alpha = self._step(embedded[:, i], feats, keys, state)
             hs.append(state[0])
             alphas.append(alpha)
         hidden = torch.stack(hs, dim=1)  # (B, T, D)
