@@ -47,8 +47,8 @@ from .data.prepare import INPUT_INFO, training_input_settings
 from .generation import GenerationConfig
 from .tasks.generation import GenerationScores, GenerationTask
 from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
-from .tasks.vqa import VQATask
 from .tasks.tienet import TieNetClassificationTask, TieNetGenerationTask
+from .tasks.vqa import VQATask
 from .tokenization import MedTokenizer
 from .train.loop import TrainResult, fit
 
@@ -235,9 +235,6 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
     return out
 
 
-def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunConfig, n_bootstrap: int,
-                        seed: int) -> dict[str, dict[str, Any]]:
-    """Trials of ``cfg.eval.n_candidates`` candidates, both directions; bootstrap over trials."""
 def baseline_of(checkpoint: str | Path) -> str | None:
     """``cnn-transformer``, ``tienet`` or None (MedViLL), from a checkpoint's ``config.json``."""
     meta = read_checkpoint_config(checkpoint)
@@ -248,6 +245,9 @@ def baseline_of(checkpoint: str | Path) -> str | None:
     return None
 
 
+def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunConfig, n_bootstrap: int,
+                        seed: int) -> dict[str, dict[str, Any]]:
+    """Trials of ``cfg.eval.n_candidates`` candidates, both directions; bootstrap over trials."""
     e = cfg.eval
     trials = make_trials(records, e.n_candidates, e.seed, e.max_queries)
     scorer = PairScorer(model, records, tokenizer, model.config.image_size, model.config.max_text_len,
