@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -148,7 +149,7 @@ def main() -> None:
     k = 180 if not args.smoke else 12
     env = {"gpu": torch.cuda.get_device_name() if not cpu else None, "torch": torch.__version__,
            "python": platform.python_version(), "model": "tiny (smoke)" if args.smoke else "base",
-           "command": "PYTHONPATH=src python3 scripts/gpu_train_check.py" + (" --smoke" if args.smoke else "")}
+           "command": " ".join(["PYTHONPATH=src python3 scripts/gpu_train_check.py", *sys.argv[1:]])}
     print(json.dumps(env))
     plan = [  # (batch, precision, checkpointing, channels_last)
         (16, "bf16", False, False), (32, "bf16", False, False), (32, "bf16", True, False),
