@@ -106,7 +106,7 @@ def initial_model(fake_records, tmp_path_factory) -> Path:
     return model.save_pretrained(tmp_path_factory.mktemp("init") / "model", tokenizer=tok)
 
 
-@pytest.mark.slow  # two spawned interpreters: 15-40 s on 2 shared cores
+@pytest.mark.slow  # two spawned interpreters: about 40 s measured on the shared 2-core machine
 def test_two_processes_equal_one_process_with_the_same_global_batch(fake_records, initial_model, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(initial_model), fake_records, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -134,3 +134,19 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(synthetic_root, tmp_pa
     steps = [e["step"] for e in log_lines(out)]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # no step logged twice
     assert log_lines(out) == log_lines(ref)
+
+
+def test_finetuning_resumes_with_its_model_selection(synthetic_root, tmp_path):
+    from medvill.finetune import run_finetuning
+
+    sets = ["train.max_steps=8", "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=2"]
+    full = run_finetuning("classification", tiny(synthetic_root, *sets), "scratch", tmp_path / "full")
+    out = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoints", out / "checkpoints")
+    run = run_finetuning("classification", tiny(synthetic_root, *sets, "train.resume=auto"), "scratch", out)
+    assert run.result.resumed_from.endswith("step-00000004")
+    same = json.dumps(run.result.selection) == json.dumps(full.result.selection)  # NaN-safe (undefined AUROCs)
+    assert same  # the validations before and after the checkpoint, the best one
+    assert [e["step"] for e in run.result.selection["evaluations"]] == [2, 4, 6, 8]
+    assert same_weights(out, tmp_path / "full")  # the model selected on validation
+    assert log_lines(out) == log_lines(tmp_path / "full")
