@@ -8,7 +8,7 @@ STAMP := $(VENV)/.medvill-deps-$(DEPS_KEY)
 export HF_HUB_OFFLINE ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow docs bench clean help
+.PHONY: setup demo test test-slow e2e e2e-setup docs bench clean help
 
 help:
 	@echo "make demo   - set up .venv if needed, then run the demo on built-in synthetic data"
@@ -16,6 +16,7 @@ help:
 	@echo "make setup  - only build the environment in $(VENV)"
 	@echo "make bench  - set up .venv if needed, then run the speed benchmarks (BENCH_ARGS=--quick: a smoke run)"
 	@echo "make docs   - build the documentation into site/ (mkdocs build --strict)"
+	@echo "make e2e    - browser test of the web demo in headless Chromium (apt-installs chromium if missing)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,21 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
+
+# the web demo's end-to-end test (tests marked e2e) drives Debian's chromium headless through
+# Playwright (no browser download); e2e-setup apt-installs chromium + chromium-driver when missing
+CHROMIUM ?= /usr/bin/chromium
+export MEDVILL_CHROMIUM := $(CHROMIUM)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+e2e-setup: setup
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		command -v apt-get >/dev/null || { echo "no $(CHROMIUM) and no apt-get: install Chromium and run make e2e CHROMIUM=/path/to/chromium"; exit 1; }; \
+		echo "installing Debian's chromium and chromium-driver (headless browser for make e2e)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+e2e: e2e-setup
+	$(BIN)/python -m pytest -q -n 0 -m e2e
 
 # speed benchmarks (BENCHMARKS.md): each prints a table and writes $(BENCH_DIR)/<name>.json; the
 # last lines are the targets' summary.  BENCH_ARGS go to every script (e.g. --quick, --device cpu).

@@ -245,6 +245,10 @@ async function explain(id) {
     }
   });
   $("report").replaceChildren(...parts);
+  const clickable = data.words.some((w) => w.clickable);
+  $("report-hint").textContent = clickable
+    ? "Click a word to see where the model looks on the image."
+    : "The report has no words to show the attention of.";
   $("report-hint").hidden = false;
   $("attention-controls").hidden = false;
   if (state.selected !== null && state.selected < data.words.length) showOverlay(state.selected);
@@ -317,7 +321,10 @@ async function similar(id) {
     return;
   }
   if (id !== state.id) return;
-  status("retrieval", "");
+  const probs = data.hits.map((h) => h.probability);
+  status("retrieval", data.hits.length > 1 && Math.max(...probs) - Math.min(...probs) < 1e-4
+    ? "The model scores these reports alike (an undertrained matching head?): their order is the pool's order."
+    : "");
   $("similar").replaceChildren(...data.hits.map((h) => {
     const li = document.createElement("li");
     const meta = document.createElement("div");
