@@ -290,7 +290,7 @@ def describe_decoding(decoded: Any) -> list[str]:
         notes.append(f"16-bit image: read as {depth} (largest stored value {decoded.raw_max:g}) and scaled to 8 bits, "
                      "as training reads 16-bit files")
     elif decoded.kind == "dicom":
-        notes.append("DICOM: rescale slope/intercept and the VOI window applied, MONOCHROME1 inverted, as in training")
+        notes.append("DICOM: read with its rescale, VOI window and photometric interpretation, as training reads DICOM")
     elif decoded.kind == "float":
         notes.append("floating-point image: scaled to 8 bits as in training")
     return notes
