@@ -250,7 +250,7 @@ async function explain(id) {
     ? "Click a word to see where the model looks on the image."
     : "The report has no words to show the attention of.";
   $("report-hint").hidden = false;
-  $("attention-controls").hidden = false;
+  $("attention-controls").hidden = !clickable;
   if (state.selected !== null && state.selected < data.words.length) showOverlay(state.selected);
 }
 
