@@ -66,6 +66,7 @@ def decode_data_url(url: str) -> Image.Image:
 def test_info_lists_the_tasks_and_the_pool(service, tiny_demo_dir, synthetic_root):
     info = service.info()
     assert all(t["available"] for t in info["tasks"].values())
+    assert set(service.pipe._loaded) == set(service.pipe.tasks)  # every model loaded once, at start-up
     assert info["tasks"]["classification"]["model"] == "MedViLL-BAR"
     assert info["explain_tasks"][0] == "classification"
     test_reports = {json.loads(line)["report"] for line in (synthetic_root / "test.jsonl").read_text().splitlines()}

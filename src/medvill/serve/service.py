@@ -265,7 +265,7 @@ def _claimed_format(path: Path) -> str | None:
 def _is_dicom(path: Path) -> bool:
     with path.open("rb") as fh:
         head = fh.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
+    return (len(head) == 132 and head[128:132] == b"DICM") or path.suffix.lower() in (".dcm", ".dicom")
 
 
 def _dicom_size(path: Path, name: str, max_pixels: int) -> tuple[int, int]:
