@@ -287,7 +287,7 @@ def test_label_file_jsonl(tmp_path):
 def test_label_file_errors_name_the_file_and_line(tmp_path):
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"text": "ok"}\n{"text": oops}\n', encoding="utf-8")
-    with pytest.raises(LabelInputError, match=r"bad\.jsonl:2: malformed JSON"):
+    with pytest.raises(LabelInputError, match=r"bad\.jsonl:2: not valid JSON"):
         label_file(bad_json, tmp_path / "o.csv")
     no_field = tmp_path / "nofield.jsonl"
     no_field.write_text('{"body": "x"}\n', encoding="utf-8")

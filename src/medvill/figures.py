@@ -18,7 +18,6 @@ backend is left alone.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .data.common import parse_json_lines
 from .labels import CHEXPERT_OBSERVATIONS
 
 if TYPE_CHECKING:
@@ -273,13 +273,7 @@ def read_metrics_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[
     if not path.is_file():
         raise FileNotFoundError(f"training log not found: {path}")
     train, val = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, entry in parse_json_lines(path.read_text(), path):
         if not isinstance(entry, dict) or not isinstance(entry.get("step"), (int, float)):
             raise ValueError(f"{path}:{lineno}: expected a JSON object with a numeric 'step'")
         (val if entry.get("split") == "validate" else train).append(entry)

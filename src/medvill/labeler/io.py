@@ -22,14 +22,13 @@ a report without mentions (No Finding = 1.0, everything else blank) and counted 
 ``LabelFileSummary.empty``.
 
 Bad input raises :class:`LabelInputError` (a ``ValueError``) naming the file, and the line
-for JSONL: an unreadable or undecodable file, a malformed JSON line, a line without a text
+for JSONL: an unreadable or undecodable file, a line that is not valid JSON, a line without a text
 field, a CSV without a detectable report column, an empty folder.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -37,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.common import parse_json_lines
 from ..labels import CHEXPERT_OBSERVATIONS
 
 REPORT_COLUMNS = ("reports", "report", "text", "findings")
@@ -84,14 +84,7 @@ def _iter_txt_folder(folder: Path) -> Iterator[tuple[str, str]]:
 
 def _iter_jsonl(path: Path, text_column: str | None) -> Iterator[tuple[str, str]]:
     keys = (text_column,) if text_column else ("text", "report")
-    text = _read_text(path)
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabelInputError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+    for lineno, obj in parse_json_lines(_read_text(path), path, LabelInputError):
         if not isinstance(obj, dict):
             raise LabelInputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         key = next((k for k in keys if k in obj), None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..config import ConfigError
+from ..data.common import parse_json_lines
 from ..inference import EXPLAIN_ORDER, TASKS, AttentionMaps, MissingTaskError, Pipeline, image_from_tensor
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,7 @@ def read_pool_file(path: str | Path) -> list[str]:
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     texts: list[str] = []
     if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        for n, obj in parse_json_lines("\n".join(lines), path, ConfigError):
             text = obj.get("text", obj.get("report")) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 raise ConfigError(f"{path}:{n}: expected an object with a 'text' or 'report' string")
