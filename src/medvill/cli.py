@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -367,10 +368,22 @@ def _figure_done(path: Path) -> None:
     console.print(f"written: {path}")
 
 
-def _figure_errors():
+@contextlib.contextmanager
+def _drawing():
+    """A figure command's body: logging set up, expected errors as a clear message and exit 2."""
     from .inference import MissingTaskError
 
-    return (ConfigError, FileNotFoundError, ValueError, KeyError, IndexError, MissingTaskError)
+    _setup_logging()
+    try:
+        yield
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, IndexError, MissingTaskError) as exc:
+        raise _fail(exc) from None
+
+
+def _split_records(pipe, task: str, split: str, dataset: str | None, root: Path | None) -> list:
+    from .figures import checkpoint_records
+
+    return checkpoint_records(pipe.checkpoint_path(task), split, dataset, root)
 
 
 @figures_app.command("attention")
@@ -389,13 +402,10 @@ def figures_attention(
     """Attention of report words onto the X-ray per layer and head (paper Fig. 5a)."""
     from .figures import attention_figure
 
-    _setup_logging()
-    try:
+    with _drawing():
         maps = _pipeline(checkpoint, model, device).explain(str(image), text, task=task)
         tokens = [int(t) if t.lstrip("-").isdigit() else t for t in token] if token else None
         _figure_done(attention_figure(maps, output, tokens=tokens, layers=layer, heads=head))
-    except _figure_errors() as exc:
-        raise _fail(exc) from None
 
 
 @figures_app.command("retrieval")
@@ -414,16 +424,13 @@ def figures_retrieval(
     device: DeviceOpt = None,
 ) -> None:
     """A retrieval trial: the query, its top-k and a low-ranked result with their labels (paper Fig. 6)."""
-    from .figures import checkpoint_records, retrieval_case_study
+    from .figures import retrieval_case_study
 
-    _setup_logging()
-    try:
+    with _drawing():
         pipe = _pipeline(checkpoint, model, device)
-        records = checkpoint_records(pipe.checkpoint_path("retrieval"), split, dataset, root)
+        records = _split_records(pipe, "retrieval", split, dataset, root)
         _figure_done(retrieval_case_study(pipe, records, output, query=query, direction=direction, k=k,
                                           n_candidates=candidates, seed=seed))
-    except _figure_errors() as exc:
-        raise _fail(exc) from None
 
 
 @figures_app.command("roc")
@@ -437,15 +444,11 @@ def figures_roc(
     device: DeviceOpt = None,
 ) -> None:
     """ROC curves per observation of the classification checkpoint on a split."""
-    from .figures import checkpoint_records, classification_roc
+    from .figures import classification_roc
 
-    _setup_logging()
-    try:
+    with _drawing():
         pipe = _pipeline(checkpoint, model, device)
-        records = checkpoint_records(pipe.checkpoint_path("classification"), split, dataset, root)
-        _figure_done(classification_roc(pipe, records, output))
-    except _figure_errors() as exc:
-        raise _fail(exc) from None
+        _figure_done(classification_roc(pipe, _split_records(pipe, "classification", split, dataset, root), output))
 
 
 @figures_app.command("curves")
@@ -459,10 +462,8 @@ def figures_curves(
     from .figures import training_curves_figure
 
     named = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
-    try:
+    with _drawing():
         _figure_done(training_curves_figure(named, output, keys=key))
-    except _figure_errors() as exc:
-        raise _fail(exc) from None
 
 
 @figures_app.command("demo")
@@ -473,12 +474,9 @@ def figures_demo(
     """All figures of a medvill demo output, into OUTPUT/figures/."""
     from .figures import demo_figures
 
-    _setup_logging()
-    try:
+    with _drawing():
         for path in demo_figures(output, model=model):
             _figure_done(path)
-    except _figure_errors() as exc:
-        raise _fail(exc) from None
 
 
 def main() -> None:  # console-script entry point
