@@ -346,6 +346,16 @@ def _label_rows(texts: list[str], labeler: Labeler | None) -> np.ndarray:
     return out
 
 
+def _label_matrix(mode: str, mesh_texts: list[str], reports: list[str], labeler: Labeler | None) -> np.ndarray:
+    """(N, 14) labels of the chosen reports: the labeler on the MeSH terms written as text
+    (``mesh``), on the reports themselves (``report``), or blank (NaN) otherwise."""
+    if mode == "mesh":
+        return _label_rows(mesh_texts, labeler)
+    if mode == "report":
+        return _label_rows(reports, labeler)
+    return np.full((len(reports), len(blank_labels())), np.nan, dtype=np.float32)
+
+
 def _first_dir(*candidates: Path) -> Path:
     for c in candidates:
         if c.is_dir():
@@ -455,15 +465,10 @@ def load_openi_xml(
         log.warning("Open-I: %d reports have no image of known frontal view; used their first image of "
                     "unknown view", n_unknown)
 
-    if labels == "mesh":
-        terms = tuple(mesh_terms)
-        texts = [mesh_to_text((rep.major if "major" in terms else ()) + (rep.automatic if "automatic" in terms else ()))
-                 for rep, _, _ in chosen]
-        matrix = _label_rows(texts, labeler)
-    elif labels == "report":
-        matrix = _label_rows([t for _, _, t in chosen], labeler)
-    else:
-        matrix = np.full((len(chosen), len(blank_labels())), np.nan, dtype=np.float32)
+    terms = tuple(mesh_terms)
+    mesh = [mesh_to_text((rep.major if "major" in terms else ()) + (rep.automatic if "automatic" in terms else ()))
+            for rep, _, _ in chosen] if labels == "mesh" else []
+    matrix = _label_matrix(labels, mesh, [t for _, _, t in chosen], labeler)
     records = [Record(id=rep.uid, image=image_dir / f"{image_id}.png", text=text, labels=matrix[i].copy(),
                       split=split, findings=rep.findings, impression=rep.impression)
                for i, (rep, image_id, text) in enumerate(chosen)]
@@ -557,12 +562,8 @@ def load_openi_csv(
             continue
         chosen.append((uid, frontal[0], text, findings, impression, row["MeSH"]))
 
-    if labels == "mesh":
-        matrix = _label_rows([mesh_to_text(c[5].split(";")) for c in chosen], labeler)
-    elif labels == "report":
-        matrix = _label_rows([c[2] for c in chosen], labeler)
-    else:
-        matrix = np.full((len(chosen), len(blank_labels())), np.nan, dtype=np.float32)
+    mesh = [mesh_to_text(c[5].split(";")) for c in chosen] if labels == "mesh" else []
+    matrix = _label_matrix(labels, mesh, [c[2] for c in chosen], labeler)
     records = [Record(id=uid, image=image_dir / fname, text=text, labels=matrix[i].copy(), split=split,
                       findings=findings, impression=impression)
                for i, (uid, fname, text, findings, impression, _) in enumerate(chosen)]
