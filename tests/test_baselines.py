@@ -29,11 +29,13 @@ from medvill.train.loop import fit
 COMBOS = [(b, t) for b, tasks in BASELINE_TASKS.items() for t in tasks]
 SELECT = {"classification": "auroc_micro", "retrieval": "match_auroc", "vqa": "accuracy", "generation": "perplexity"}
 #: the metric names of MedViLL's evaluation of each task (tests/test_finetune.py), which compare tabulates
+_CLS = {"auroc_micro", "auroc_macro", "f1_micro", "f1_macro", "f1_micro_val_thr", "f1_macro_val_thr"}
 STANDARD = {
-    "classification": {"auroc_micro", "auroc_macro", "f1_micro", "f1_macro"},
+    "classification": _CLS | {f"image_only_{k}" for k in _CLS},
     "retrieval": {f"{d}_{k}" for d in ("r2i", "i2r") for k in ("hit@5", "recall@5", "precision@5", "mrr")},
     "vqa": {"accuracy", "closed_accuracy", "open_accuracy"},
-    "generation": {"bleu4", "perplexity", "ce_accuracy", "ce_precision", "ce_recall", "ce_f1"},
+    "generation": {"bleu4", "perplexity", "ce_accuracy", "ce_precision", "ce_recall", "ce_f1", "ce_f1_micro",
+                   "ce_f1_macro", "ce_f1_example", "ce_f1_micro_5"},
 }
 SEP = 3
 

@@ -41,7 +41,8 @@ from .modeling.baselines import BASELINE_NAMES, BASELINE_TASKS, TieNet
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
-from .tasks.classification import ClassificationTask, binary_targets
+from .metrics.classification import select_thresholds
+from .tasks.classification import THRESHOLDS_FILE, ClassificationTask, binary_targets
 from .data.collate import MLMSpec
 from .data.prepare import INPUT_INFO, training_input_settings
 from .generation import GenerationConfig
@@ -62,9 +63,11 @@ class FinetuneRun:
     init: str
 
 
-def _task(name: str, checkpoint: str | Path | None = None, baseline: str | None = None):
+def _task(name: str, checkpoint: str | Path | None = None, baseline: str | None = None,
+          cfg: RunConfig | None = None):
     """The task object and its model class; a VQA task restores its answers from a checkpoint.
-    ``baseline``: ``cnn-transformer`` or ``tienet`` (unsupported task combinations are refused)."""
+    ``baseline``: ``cnn-transformer`` or ``tienet`` (unsupported task combinations are refused).
+    ``cfg``: the run's fine-tuning options (training; evaluation needs none)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     if baseline is not None:
@@ -76,13 +79,15 @@ def _task(name: str, checkpoint: str | Path | None = None, baseline: str | None 
     if baseline == "tienet":
         return (TieNetClassificationTask() if name == "classification" else TieNetGenerationTask()), TieNet
     if name == "classification":
-        return ClassificationTask(), MedViLLForClassification
+        ft = cfg.finetune if cfg is not None else None
+        return ClassificationTask(image_only_prob=ft.image_only_prob if ft else 0.0,
+                                  seed=cfg.train.seed if cfg else 0), MedViLLForClassification
     if name == "vqa":
         return (VQATask.from_checkpoint(checkpoint) if checkpoint else VQATask()), MedViLLForVQA
     if name == "retrieval":
         return RetrievalTask(), MedViLLForRetrieval
     if name == "generation":
-        return GenerationTask(), MedViLLForPretraining
+        return GenerationTask(cfg.finetune.generation_objective if cfg is not None else "full"), MedViLLForPretraining
     raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
 
 
@@ -94,12 +99,27 @@ def _examples(task: str, cfg: RunConfig, split: str) -> list:
     return load_split(cfg, split)
 
 
-def _dataset(task, examples, tokenizer: MedTokenizer, mcfg: ModelConfig) -> ImageTextDataset:
+def _dataset(task, examples, tokenizer: MedTokenizer, mcfg: ModelConfig, image_only: bool = False) -> ImageTextDataset:
+    """The examples as (image, text, target); ``image_only``: every report empty."""
     if isinstance(task, VQATask):
         return ImageTextDataset([it.image for it in examples], [it.question for it in examples],
                                 task.targets(examples), tokenizer, mcfg.image_size, mcfg.max_text_len)
-    return ImageTextDataset([r.image for r in examples], [r.text for r in examples], binary_targets(examples),
+    texts = [""] * len(examples) if image_only else [r.text for r in examples]
+    return ImageTextDataset([r.image for r in examples], texts, binary_targets(examples),
                             tokenizer, mcfg.image_size, mcfg.max_text_len)
+
+
+def _validate_classification(task: ClassificationTask, model: torch.nn.Module, loader: DataLoader,
+                             image_only_loader: DataLoader) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Validation metrics with the reports and with empty reports (``image_only_*``), and the
+    per-label thresholds each chooses on this (validation) split."""
+    probs, targets = task.predict(model, loader)
+    io_probs, _ = task.predict(model, image_only_loader)
+    metrics = task.metrics(probs, targets)
+    metrics.update({f"image_only_{k}": v for k, v in task.metrics(io_probs, targets).items() if "/" not in k})
+    thresholds = {"image_report": select_thresholds(targets, probs).tolist(),
+                  "image_only": select_thresholds(targets, io_probs).tolist()}
+    return metrics, thresholds
 
 
 def _metrics(task, preds: np.ndarray, targets: np.ndarray, examples: list) -> dict[str, float]:
@@ -121,7 +141,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
     console = console or Console()
     output_dir = Path(output_dir)
     baseline = init if init in BASELINE_TASKS else None
-    task, model_cls = _task(task_name, baseline=baseline)
+    task, model_cls = _task(task_name, baseline=baseline, cfg=cfg)
     if cfg.data.eval_split == "test":
         raise ConfigError("data.eval_split=test: model selection must not look at the test split")
     train_records = _examples(task_name, cfg, cfg.data.train_split)
@@ -165,9 +185,10 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
             return task.perplexity(m, val_loader)
     elif isinstance(task, GenerationTask):
         p = cfg.pretrain
-        train_ds = PretrainDataset(train_records, tokenizer, mcfg.image_size, mcfg.max_text_len,
-                                   MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac), seed=cfg.train.seed,
-                                   matching=False)
+        # full: the unmasked reports (every token is a target); mlm: a masked sample, [SEP] included
+        mlm = None if task.objective == "full" else MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac)
+        train_ds = PretrainDataset(train_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm,
+                                   seed=cfg.train.seed, matching=False, mask_end=True)
         val_ds = PretrainDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None,
                                  seed=cfg.train.seed, matching=False)
         train_loader = _loader(train_ds, cfg, tokenizer, train=True, collate=PretrainCollator(tokenizer.pad_id))
@@ -185,6 +206,18 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             return task.match_auroc(m, val_loader)
+    elif isinstance(task, ClassificationTask):
+        task.sep_id, task.pad_id = tokenizer.sep_id, tokenizer.pad_id
+        train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
+        val_loader = _loader(_dataset(task, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
+        val_image_only = _loader(_dataset(task, val_records, tokenizer, mcfg, image_only=True), cfg, tokenizer,
+                                 train=False)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            # the thresholds of the model being validated travel with it when it is saved
+            metrics, thresholds = _validate_classification(task, m, val_loader, val_image_only)
+            selected_thresholds.update(thresholds)
+            return metrics
     else:
         train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
         val_loader = _loader(_dataset(task, val_records, tokenizer, mcfg), cfg, tokenizer, train=False)
@@ -192,6 +225,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             return _metrics(task, *task.predict(m, val_loader), val_records)
 
+    selected_thresholds: dict[str, list[float]] = {}
     extra = {RUN_CONFIG_NAME: cfg.to_yaml(), "finetune.json": json.dumps({"task": task_name, "init": init}) + "\n"}
     # how training read its images, for inference (medvill.Pipeline) to do exactly the same
     extra[INPUT_INFO] = json.dumps(training_input_settings(cfg.data.root, mcfg.image_size), indent=2) + "\n"
@@ -199,7 +233,10 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         extra.update(task.save_files())
 
     def save(m: PreTrainedModel, directory: Path) -> None:
-        m.save_pretrained(directory, tokenizer=tokenizer, extra_files=extra)
+        files = dict(extra)
+        if selected_thresholds:
+            files[THRESHOLDS_FILE] = json.dumps(selected_thresholds, indent=1) + "\n"
+        m.save_pretrained(directory, tokenizer=tokenizer, extra_files=files)
 
     console.print(f"fine-tuning {task_name} from {init} on {len(train_records)} {cfg.data.dataset} examples "
                   f"(validation {len(val_records)}) for {cfg.train.max_steps} steps")
@@ -220,6 +257,8 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
         return _evaluate_retrieval(model, tokenizer, records, cfg, n_bootstrap, seed)
     if isinstance(task, GenerationTask):
         return _evaluate_generation(task, model, tokenizer, records, cfg, n_bootstrap, seed)
+    if isinstance(task, ClassificationTask):
+        return _evaluate_classification(task, model, tokenizer, records, cfg, checkpoint, n_bootstrap, seed)
     loader = _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer, train=False)
     probs, targets = task.predict(model, loader)
 
@@ -233,6 +272,44 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
         if "/" not in k:
             out[k]["full"] = v  # on the whole split, without resampling
     return out
+
+
+def _evaluate_classification(task: ClassificationTask, model, tokenizer: MedTokenizer, records: list,
+                             cfg: RunConfig, checkpoint: str | Path, n_bootstrap: int,
+                             seed: int) -> dict[str, dict[str, Any]]:
+    """The paper's image + report metrics, the same from the image alone (empty reports,
+    ``image_only_*``), and F1 at the per-label thresholds chosen on validation (saved in the
+    checkpoint's ``thresholds.json``; ``*_val_thr``) beside F1 at 0.5."""
+    thresholds = read_thresholds(checkpoint)
+    probs, targets = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer,
+                                                 train=False))
+    io_probs, _ = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config, image_only=True), cfg,
+                                              tokenizer, train=False))
+
+    def metric_fn(idx: np.ndarray) -> dict[str, float]:
+        m = task.metrics(probs[idx], targets[idx], thresholds.get("image_report"))
+        io = task.metrics(io_probs[idx], targets[idx], thresholds.get("image_only"))
+        m.update({f"image_only_{k}": v for k, v in io.items()})
+        return {k: v for k, v in m.items() if "/" not in k}
+
+    summary = bootstrap(len(records), metric_fn, n_resamples=n_bootstrap, seed=seed)
+    out = {k: s.to_dict() for k, s in summary.items()}
+    for k, v in metric_fn(np.arange(len(records))).items():
+        out[k]["full"] = v
+    return out
+
+
+def read_thresholds(checkpoint: str | Path) -> dict[str, np.ndarray]:
+    """The per-label thresholds a classification checkpoint chose on validation
+    (``{"image_report": (14,), "image_only": (14,)}``); empty for checkpoints without them."""
+    path = Path(checkpoint) / THRESHOLDS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a valid thresholds file ({exc})") from None
 
 
 def baseline_of(checkpoint: str | Path) -> str | None:

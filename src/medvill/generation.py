@@ -234,35 +234,8 @@ def reference_nll(
     own = getattr(model, "reference_nll", None)
     if own is not None:
         return own(images, text_ids, text_valid)
-    base = model.medvill
-    emb = base.embeddings
-    cfg = model.config
-    b, n = text_ids.shape
-    dev = text_ids.device
-    feats = base.encode_image(images)
-    k = feats.shape[1]
-    grid = torch.arange(k, device=dev)[None].expand(b, -1)
-    prefix = torch.cat([
-        emb._special(cfg.cls_token_id, 0, 0, b), emb.visual(feats, grid), emb._special(cfg.sep_token_id, 1, 0, b),
-    ], dim=1)
-    queries = torch.full_like(text_ids, cfg.mask_token_id)
-    x = emb.finish(torch.cat([prefix, emb.text(text_ids), emb.text(queries)], dim=1))  # (B, V + 2N, D)
-    nv = k + 2
-    s = nv + 2 * n
+    logprobs = model.sequence_logprobs(text_ids, text_valid, model.medvill.encode_image(images))  # (B, N, V)
     valid = text_valid.bool()
-    idx = torch.arange(n, device=dev)
-    mask = torch.zeros(b, s, s, dtype=torch.bool, device=dev)
-    mask[:, :nv, :nv] = True  # V rows see V
-    mask[:, nv:, :nv] = True  # every text row and query sees V
-    real = slice(nv, nv + n)
-    query = slice(nv + n, s)
-    mask[:, real, real] = (idx[None, :] <= idx[:, None])[None] & valid[:, None, :]
-    mask[:, query, real] = (idx[None, :] < idx[:, None])[None] & valid[:, None, :]
-    mask[:, query, query] = torch.eye(n, dtype=torch.bool, device=dev)[None]
-    row_valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), valid, valid], dim=1)
-    mask &= row_valid[:, :, None]
-    hidden = base.encoder(x, mask).last_hidden_state[:, query]  # (B, N, D)
-    logprobs = model.mlm_head(hidden).float().log_softmax(-1)
     nll = -logprobs.gather(-1, text_ids[..., None]).squeeze(-1) * valid
     return nll.sum(1), valid.sum(1)
 

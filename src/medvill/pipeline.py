@@ -70,22 +70,35 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
     tokenizer = build_tokenizer(cfg, [r.text for r in records], bert_dir)
     mcfg = model_config_for(cfg, tokenizer, bert_dir)
     cfg = dataclasses.replace(cfg, model=mcfg)
+    p = cfg.pretrain
+    contrastive = p.itc_weight > 0
     torch.manual_seed(cfg.train.seed)
-    model = MedViLLForPretraining(mcfg)
+    model = MedViLLForPretraining(mcfg, contrastive_dim=p.itc_dim if contrastive else 0)
     if bert_dir is not None:
         report = load_bert_weights(model, bert_dir)
         console.print(f"initialised {len(report['loaded'])} tensors from {bert_dir}")
-    p = cfg.pretrain
-    dataset = PretrainDataset(
-        records, tokenizer, mcfg.image_size, mcfg.max_text_len,
-        MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac), seed=cfg.train.seed,
-    )
+    mlm = MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac)
+    dataset = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
+                              contrastive=contrastive)
+    collate = PretrainCollator(tokenizer.pad_id)
     loader = DataLoader(
         dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.train.batch_size,
-        num_workers=cfg.data.num_workers, collate_fn=PretrainCollator(tokenizer.pad_id),
+        num_workers=cfg.data.num_workers, collate_fn=collate,
         generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False,
     )
     from .tasks.pretrain import PretrainTask
+
+    task = PretrainTask(p, cfg.train.seed)
+    evaluate = None
+    if cfg.train.eval_every:  # curves on fixed validation pairs (nothing is selected: the last step is saved)
+        val_records = load_split(cfg, cfg.data.eval_split)
+        val_set = PretrainDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm,
+                                  seed=cfg.train.seed + 1, contrastive=contrastive)
+        val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, collate_fn=collate,
+                                num_workers=cfg.data.num_workers)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return task.validate(m, val_loader)
 
     def save(model_: torch.nn.Module, directory: Path) -> None:
         model_.save_pretrained(directory, tokenizer=tokenizer, extra_files={RUN_CONFIG_NAME: cfg.to_yaml()})
@@ -95,5 +108,5 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
         f"({mcfg.backbone}, hidden {mcfg.hidden_size} x {mcfg.num_hidden_layers} layers) with mask "
         f"[bold]{p.mask.value}[/bold] on {len(dataset)} {cfg.data.dataset} pairs for {cfg.train.max_steps} steps"
     )
-    result = fit(model, PretrainTask(p, cfg.train.seed), loader, cfg.train, output_dir, save, console=console)
+    result = fit(model, task, loader, cfg.train, output_dir, save, console=console, evaluate=evaluate)
     return PretrainRun(output_dir=output_dir, result=result, model_config=mcfg, num_train=len(dataset))

@@ -72,10 +72,18 @@ class PretrainDataset(Dataset):
     own (two reports with the same findings are not a negative, paper section III-B).  MLM
     masking is applied to every report, matched or not (so the presence of [MASK] tokens
     cannot reveal the pair type); its loss is taken on matched pairs only.
+
+    ``contrastive``: each item also carries its image's own report, unmasked
+    (``report_ids``), and the id of its positive label set (``label_group``: equal ids =
+    equal sets), for the image-report contrastive loss and hard negatives
+    (:mod:`medvill.modeling.contrastive`).  ``mask_end``: the closing [SEP] is among the
+    tokens MLM may select (report generation, so that the end of a report is learnt); in
+    pre-training it never is.
     """
 
     def __init__(self, records: Sequence[Record], tokenizer: MedTokenizer, image_size: int, max_text_len: int,
-                 mlm: MLMSpec | None = MLMSpec(), seed: int = 0, matching: bool = True):
+                 mlm: MLMSpec | None = MLMSpec(), seed: int = 0, matching: bool = True, contrastive: bool = False,
+                 mask_end: bool = False):
         if not records:
             raise ValueError("the pre-training data set is empty")
         self.records = list(records)
@@ -84,11 +92,15 @@ class PretrainDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.matching = matching
+        self.mask_end = mask_end
         self.mask_id = tokenizer.mask_id
         self.sep_id = tokenizer.sep_id
         self.candidate_ids = np.array(sorted(set(range(tokenizer.vocab_size)) - tokenizer.special_ids), dtype=np.int64)
         self.text_ids = encode_reports(tokenizer, [r.text for r in self.records], max_text_len)
         self.label_sets = [positive_set(r.labels) for r in self.records]
+        self.contrastive = contrastive
+        group_id = {ls: g for g, ls in enumerate(sorted(set(self.label_sets), key=sorted))}
+        self.label_groups = np.array([group_id[ls] for ls in self.label_sets], dtype=np.int64)
         if matching and len(set(self.label_sets)) < 2:
             raise ValueError(
                 "image-report matching needs reports with at least two different positive label sets; "
@@ -122,19 +134,40 @@ class PretrainDataset(Dataset):
         j = i if matched else self.negative_index(i, rng)
         ids = self.text_ids[j]
         if self.mlm is None:  # matching only (retrieval fine-tuning): the report stays intact
-            body, labels = ids[:-1].copy(), np.full(len(ids) - 1, IGNORE_INDEX, dtype=np.int64)
-        else:
-            body, labels = mask_tokens(ids[:-1], rng, self.mlm, self.mask_id, self.candidate_ids)
+            text, labels = ids.copy(), np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+        elif self.mask_end:
+            text, labels = mask_tokens(ids, rng, self.mlm, self.mask_id, self.candidate_ids)
+        else:  # SEP_L stays as it is and is never a target
+            body, body_labels = mask_tokens(ids[:-1], rng, self.mlm, self.mask_id, self.candidate_ids)
+            text, labels = np.concatenate([body, ids[-1:]]), np.concatenate([body_labels, [IGNORE_INDEX]])
         if not matched:
             labels[:] = IGNORE_INDEX
-        return {
+        item = {
             "images": load_image(self.records[i].image, self.image_size),
-            "text_ids": np.concatenate([body, ids[-1:]]),
-            "mlm_labels": np.concatenate([labels, [IGNORE_INDEX]]),
+            "text_ids": text,
+            "mlm_labels": labels,
             "is_matched": int(matched),
             "index": i,
             "text_index": j,
         }
+        if self.contrastive:
+            item["report_ids"] = self.text_ids[i]
+            item["label_group"] = int(self.label_groups[i])
+        return item
+
+
+def blank_reports(text_ids: torch.Tensor, text_valid: torch.Tensor, rows: torch.Tensor, sep_id: int,
+                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``text_ids`` / ``text_valid`` (B, T) with the reports of ``rows`` (B,) bool replaced by
+    the empty report (SEP_L alone, as ``encode_reports([""])`` gives), the rest untouched."""
+    if not bool(rows.any()):
+        return text_ids, text_valid
+    text_ids, text_valid = text_ids.clone(), text_valid.clone()
+    text_ids[rows] = pad_id
+    text_ids[rows, 0] = sep_id
+    text_valid[rows] = False
+    text_valid[rows, 0] = True
+    return text_ids, text_valid
 
 
 def pad_stack(seqs: Sequence[np.ndarray], value: int) -> torch.Tensor:
@@ -160,4 +193,11 @@ class PretrainCollator:
             "is_matched": torch.tensor([it["is_matched"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
             "text_index": torch.tensor([it["text_index"] for it in items]),
+            **(self._reports(items) if "report_ids" in items[0] else {}),
         }
+
+    def _reports(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        report_ids = pad_stack([it["report_ids"] for it in items], self.pad_id)
+        lengths = torch.tensor([len(it["report_ids"]) for it in items])
+        return {"report_ids": report_ids, "report_valid": torch.arange(report_ids.shape[1])[None] < lengths[:, None],
+                "label_group": torch.tensor([it["label_group"] for it in items])}

@@ -202,3 +202,30 @@ def summary_indices(scheme: MaskScheme, layout: SequenceLayout, text_valid: torc
     if scheme == MaskScheme.NON_CROSSING:
         return [cls, torch.full((b,), layout.cls_l_index, dtype=torch.long, device=device)]
     raise ValueError("Bi&S2S is chosen per batch: call resolve_scheme() first")
+
+
+def pseudo_mask_attention(num_v_group: int, text_valid: torch.Tensor) -> torch.Tensor:
+    """The S2S mask of a sequence with one [MASK] query per report position (UniLMv2's
+    pseudo-masking), for scoring or training every report token in ONE pass.
+
+    Layout: ``V`` (``num_v_group`` = CLS + visual tokens + SEP_V), then the N real report
+    tokens ``w_0 .. w_{N-1}``, then N queries ``q_0 .. q_{N-1}`` ([MASK] at the position of
+    ``w_t``).  Query ``q_t`` sees V, the real tokens before t and itself: exactly what the
+    [MASK] appended after ``w_0 .. w_{t-1}`` sees in free-running decoding.  Real tokens see V
+    and the real tokens up to themselves (S2S); V sees V; nothing sees a query but itself.
+    PAD rows and columns are closed.  Returns ``(B, S, S)`` bool with ``S = num_v_group + 2N``.
+    """
+    b, n = text_valid.shape
+    dev = text_valid.device
+    nv = num_v_group
+    s = nv + 2 * n
+    valid = text_valid.bool()
+    idx = torch.arange(n, device=dev)
+    mask = torch.zeros(b, s, s, dtype=torch.bool, device=dev)
+    mask[:, :, :nv] = True  # every row sees V (V rows see only V)
+    real, query = slice(nv, nv + n), slice(nv + n, s)
+    mask[:, real, real] = (idx[None, :] <= idx[:, None])[None] & valid[:, None, :]
+    mask[:, query, real] = (idx[None, :] < idx[:, None])[None] & valid[:, None, :]
+    mask[:, query, query] = torch.eye(n, dtype=torch.bool, device=dev)[None]
+    row_valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), valid, valid], dim=1)
+    return mask & row_valid[:, :, None]

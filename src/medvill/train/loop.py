@@ -56,6 +56,7 @@ class TrainResult:
     wall_time: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per log interval
     selection: dict[str, Any] | None = None  # model selection on the validation split
+    validation: list[dict[str, Any]] = field(default_factory=list)  # every validation: step + metrics
     resumed_from: str | None = None  # the training-state checkpoint this run continued
 
     def first(self, key: str) -> float | None:
@@ -179,7 +180,9 @@ def fit(
     validation metrics; never the test split) the model is validated every
     ``cfg.eval_every`` steps and at the end, ``output_dir`` holds the checkpoint with the
     best ``select_metric`` (``select_mode`` max or min), ``selection.json`` records it, and
-    ``cfg.early_stopping_patience`` validations without improvement stop training.  Under
+    ``cfg.early_stopping_patience`` validations without improvement stop training.  Without
+    ``select_metric`` the validation metrics are only logged (pre-training: its curves) and
+    the model of the last step is saved.  Under
     several processes ``evaluate`` runs on every process and the main process's metrics
     decide, so every process takes the same decision.
 
@@ -187,8 +190,6 @@ def fit(
     ``output_dir/checkpoints/step-N``; ``cfg.resume`` (``auto`` or a folder) continues from
     one, with the same batches, random numbers and log as if the run had not stopped.
     """
-    if evaluate is not None and select_metric is None:
-        raise ValueError("model selection needs select_metric")
     if select_mode not in ("max", "min"):
         raise ValueError(f"select_mode must be max or min, not {select_mode!r}")
     with deterministic_mode(cfg.deterministic):
@@ -284,10 +285,14 @@ class _Run:
         self.model.train()
         if acc.num_processes > 1:  # one decision for every process
             metrics = broadcast_object_list([metrics])[0]
-        value = self.sign * metrics[self.select_metric]
-        best = st.best_value if st.best_value is not None else -math.inf
         st.evaluations.append({"step": st.step, **metrics})
         self._write_log({"step": st.step, "split": "validate", **metrics})
+        if self.select_metric is None:  # curves only
+            self._say(f"validate step {st.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                              if isinstance(v, float)))
+            return False
+        value = self.sign * metrics[self.select_metric]
+        best = st.best_value if st.best_value is not None else -math.inf
         self._say(f"validate step {st.step}: {self.select_metric} {self.sign * value:.4f} "
                   f"(best {self.sign * max(best, value):.4f})")
         if value > best:
@@ -365,11 +370,12 @@ class _Run:
                     self._checkpoint()
         result = TrainResult(steps=st.step, wall_time=time.perf_counter() - self.start,
                              resumed_from=str(self.resumed_from) if self.resumed_from else None)
-        if self.evaluate is None:
+        if self.evaluate is not None and (not st.evaluations or st.evaluations[-1]["step"] != st.step):
+            self._validate()
+        result.validation = list(st.evaluations)
+        if self.evaluate is None or self.select_metric is None:
             self._save_model(self.output_dir)
         else:
-            if not st.evaluations or st.evaluations[-1]["step"] != st.step:
-                self._validate()
             best = st.best_value if st.best_value is not None else -math.inf
             result.selection = {"metric": self.select_metric, "mode": self.select_mode, "best": self.sign * best,
                                 "best_step": st.best_step, "evaluations": st.evaluations}
