@@ -171,10 +171,24 @@ def test_cli_demo_runs_the_whole_pipeline_on_the_tiny_preset(tmp_path):
         assert (out / name).is_file()
     data = json.loads((out / "results.json").read_text())
     assert set(data["tasks"]) == {"classification", "retrieval", "vqa", "generation"}
-    medvill = ["MedViLL-BAR", "MedViLL-S2S", "FT-only"]
+    for task in data["tasks"].values():  # default: the paper's BAR against Fine-tuning Only
+        assert task["models"] == ["MedViLL-BAR", "FT-only"]
+    assert (out / "pretrain-bar" / "model.safetensors").is_file() and not (out / "pretrain-s2s").exists()
+    assert data["pretrain_validation"]["bar"] and "irm_auroc" in data["pretrain_validation"]["bar"][-1]
+    assert data["samples"]["reports"] and data["samples"]["vqa"]["questions"]
+    md = (out / "results.md").read_text()
+    assert "## retrieval" in md and "r2i_mrr" in md and "closed_accuracy" in md and "bleu4" in md
+    assert "image_only_auroc_micro" in md and "ce_f1_micro_5" in md and "## What the models say" in md
+
+
+def test_cli_demo_full_compares_every_mask_and_baseline(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--full", "--output", str(out), "--bootstrap", "2"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    medvill = ["MedViLL-BAR", "MedViLL-S2S", "MedViLL-Bi", "MedViLL-Bi&S2S", "MedViLL-NonCross", "FT-only"]
     assert data["tasks"]["classification"]["models"] == [*medvill, "CNN&Transformer", "TieNet"]
     assert data["tasks"]["retrieval"]["models"] == data["tasks"]["vqa"]["models"] == [*medvill, "CNN&Transformer"]
     assert data["tasks"]["generation"]["models"] == [*medvill, "TieNet"]
-    assert (out / "pretrain-bar" / "model.safetensors").is_file() and (out / "pretrain-s2s").is_dir()
-    md = (out / "results.md").read_text()
-    assert "## retrieval" in md and "r2i_mrr" in md and "closed_accuracy" in md and "bleu4" in md
+    assert all((out / f"pretrain-{m}" / "model.safetensors").is_file() for m in
+               ("bar", "s2s", "bi", "bi_s2s", "non_crossing"))

@@ -205,6 +205,9 @@ class TrainConfig:
     eval_every: int = 0  # fine-tuning: validate every N steps (0 = once, at the end)
     early_stopping_patience: int = 0  # stop after N validations without improvement (0 = off)
     mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; the weights and the optimiser stay fp32)
+    # > 0: batch reports of similar length (medvill.data.collate.LengthGroupedSampler): sort each
+    # random chunk of this many batches by length, so less padding is encoded (0 = plain shuffle)
+    length_grouping: int = 0
     cpu: bool = False  # force the CPU even where a GPU exists
     progress: bool = True
     # memory options (batch_size is per process: global batch = batch_size x processes x grad_accum)
@@ -225,7 +228,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
-        for name in ("max_steps", "checkpoint_every", "keep_checkpoints"):
+        for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "length_grouping"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0")
         if self.resume is not None and not self.resume.strip():

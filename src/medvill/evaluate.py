@@ -29,12 +29,14 @@ class Comparison:
     reference: str
     cells: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # model -> metric -> stats
 
-    def to_markdown(self, digits: int = 4) -> str:
-        head = "| model | " + " | ".join(self.metrics) + " |"
-        lines = [head, "|" + "---|" * (len(self.metrics) + 1)]
+    def to_markdown(self, digits: int = 4, metrics: list[str] | None = None) -> str:
+        """The table; ``metrics``: these columns only, in this order (those the runs have)."""
+        cols = [m for m in metrics if m in self.metrics] if metrics else self.metrics
+        head = "| model | " + " | ".join(cols) + " |"
+        lines = [head, "|" + "---|" * (len(cols) + 1)]
         for model in self.models:
             row = [model + (" (reference)" if model == self.reference else "")]
-            for metric in self.metrics:
+            for metric in cols:
                 c = self.cells[model].get(metric)
                 if c is None:
                     row.append("-")

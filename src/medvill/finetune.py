@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, ModelConfig, RunConfig, dataclass_from_dict
 from .data.task_data import ImageTextCollator, ImageTextDataset
 from .metrics import bootstrap
-from .data.registry import load_vqa
 from .data.collate import PretrainCollator, PretrainDataset
 from .modeling.heads import (
     MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA, init_from_pretraining,
@@ -40,7 +39,7 @@ from .modeling.heads import (
 from .modeling.baselines import BASELINE_NAMES, BASELINE_TASKS, TieNet
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
-from .pipeline import RUN_CONFIG_NAME, build_tokenizer, load_split, model_config_for
+from .pipeline import RUN_CONFIG_NAME, build_tokenizer, data_loader, load_split, load_vqa_split, model_config_for
 from .metrics.classification import select_thresholds
 from .tasks.classification import THRESHOLDS_FILE, ClassificationTask, binary_targets
 from .data.collate import MLMSpec
@@ -92,11 +91,7 @@ def _task(name: str, checkpoint: str | Path | None = None, baseline: str | None 
 
 
 def _examples(task: str, cfg: RunConfig, split: str) -> list:
-    if task == "vqa":
-        d = cfg.data
-        return load_vqa(d.dataset, d.root, split, organ=d.vqa_organ, image_size=cfg.model.image_size,
-                        synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy)
-    return load_split(cfg, split)
+    return load_vqa_split(cfg, split) if task == "vqa" else load_split(cfg, split)
 
 
 def _dataset(task, examples, tokenizer: MedTokenizer, mcfg: ModelConfig, image_only: bool = False) -> ImageTextDataset:
@@ -129,11 +124,7 @@ def _metrics(task, preds: np.ndarray, targets: np.ndarray, examples: list) -> di
 
 
 def _loader(ds, cfg: RunConfig, tokenizer: MedTokenizer, train: bool, collate=None) -> DataLoader:
-    return DataLoader(
-        ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=train and len(ds) >= cfg.train.batch_size,
-        num_workers=cfg.data.num_workers, collate_fn=collate or ImageTextCollator(tokenizer.pad_id),
-        generator=torch.Generator().manual_seed(cfg.train.seed) if train else None,
-    )
+    return data_loader(ds, cfg, collate or ImageTextCollator(tokenizer.pad_id), train)
 
 
 def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | Path,

@@ -15,7 +15,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .config import ModelConfig, RunConfig
-from .data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from .data.collate import LengthGroupedSampler, MLMSpec, PretrainCollator, PretrainDataset
 from .data.records import Record
 from .data.registry import load_records
 from .modeling.bert_init import bert_model_config, load_bert_weights, resolve_bert_dir
@@ -32,6 +32,15 @@ def load_split(cfg: RunConfig, split: str) -> list[Record]:
     d = cfg.data
     return load_records(d.dataset, d.root, split, image_size=cfg.model.image_size, synthetic_n=d.synthetic_n,
                         synthetic_seed=d.synthetic_seed, policy=d.policy, section=d.section)
+
+
+def load_vqa_split(cfg: RunConfig, split: str) -> list:
+    """The VQA items (:class:`~medvill.data.vqa_rad.VQAItem`) of a split of the run's data set."""
+    from .data.registry import load_vqa
+
+    d = cfg.data
+    return load_vqa(d.dataset, d.root, split, organ=d.vqa_organ, image_size=cfg.model.image_size,
+                    synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy)
 
 
 def build_tokenizer(cfg: RunConfig, texts: list[str], bert_dir: Path | None = None) -> MedTokenizer:
@@ -51,6 +60,26 @@ def model_config_for(cfg: RunConfig, tokenizer: MedTokenizer, bert_dir: Path | N
         base, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id, unk_token_id=tokenizer.unk_id,
         cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id, mask_token_id=tokenizer.mask_id,
     )
+
+
+def data_loader(dataset, cfg: RunConfig, collate, train: bool) -> DataLoader:
+    """The loader of a training (shuffled, seeded, full batches) or evaluation (every item
+    once) split.  With ``train.length_grouping`` > 0 the batches hold reports of similar
+    length (:class:`~medvill.data.collate.LengthGroupedSampler`); evaluation then visits the
+    items shortest first (every evaluation puts its results back in data set order)."""
+    t = cfg.train
+    lengths = [len(ids) for ids in dataset.text_ids]
+    common = dict(batch_size=t.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
+    if train:
+        drop_last = len(dataset) >= t.batch_size
+        if t.length_grouping:
+            return DataLoader(dataset, sampler=LengthGroupedSampler(lengths, t.batch_size, t.length_grouping, t.seed),
+                              drop_last=drop_last, **common)
+        return DataLoader(dataset, shuffle=True, drop_last=drop_last, generator=torch.Generator().manual_seed(t.seed),
+                          **common)
+    if t.length_grouping:
+        return DataLoader(dataset, sampler=sorted(range(len(dataset)), key=lengths.__getitem__), **common)
+    return DataLoader(dataset, shuffle=False, **common)
 
 
 @dataclass
@@ -81,11 +110,7 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
     dataset = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
                               contrastive=contrastive)
     collate = PretrainCollator(tokenizer.pad_id)
-    loader = DataLoader(
-        dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.train.batch_size,
-        num_workers=cfg.data.num_workers, collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False,
-    )
+    loader = data_loader(dataset, cfg, collate, train=True)
     from .tasks.pretrain import PretrainTask
 
     task = PretrainTask(p, cfg.train.seed)
@@ -94,8 +119,7 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
         val_records = load_split(cfg, cfg.data.eval_split)
         val_set = PretrainDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm,
                                   seed=cfg.train.seed + 1, contrastive=contrastive)
-        val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, collate_fn=collate,
-                                num_workers=cfg.data.num_workers)
+        val_loader = data_loader(val_set, cfg, collate, train=False)
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             return task.validate(m, val_loader)

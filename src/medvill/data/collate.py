@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..labels import positive_set
 from ..tokenization import MedTokenizer
@@ -201,3 +201,44 @@ class PretrainCollator:
         lengths = torch.tensor([len(it["report_ids"]) for it in items])
         return {"report_ids": report_ids, "report_valid": torch.arange(report_ids.shape[1])[None] < lengths[:, None],
                 "label_group": torch.tensor([it["label_group"] for it in items])}
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A random order in which each run of ``batch_size`` indices has similar text lengths.
+
+    Each epoch: shuffle all indices, cut them into chunks of ``group * batch_size``, sort each
+    chunk by length, cut it into batches and shuffle the batches.  Consecutive
+    ``batch_size`` indices (one batch) then come from a small length range, so the collator
+    pads them to a shorter length: on the synthetic reports (mean 35 tokens, a random batch of
+    32 padded to 63) about a third less text to encode.  Within a chunk the short (often
+    normal) reports share batches, so ``group`` is kept small: the batches of one chunk still
+    mix the findings of ``group * batch_size`` random studies.
+
+    The order is a function of ``(seed, epoch)`` only (``set_epoch``, called by the training
+    loop and by Accelerate), so a resumed run and every process see the same order.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, group: int = 4, seed: int = 0):
+        if batch_size < 1 or group < 1:
+            raise ValueError("batch_size and group must be >= 1")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.group, self.seed = batch_size, group, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        chunk = self.group * self.batch_size
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield from (int(i) for i in batches[b])

@@ -752,12 +752,50 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return (x - mean) / std
 
 
+class _PixelCache:
+    """Preprocessed 8-bit images of files, kept in memory up to ``max_bytes`` (oldest out
+    first), so that epochs after the first, and every later run of the same process (the
+    demo trains a dozen models on one data set), skip decoding, cropping and resizing.  The
+    key holds the file's size and modification time and every preprocessing setting, so a
+    changed file or setting is preprocessed again."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = max_bytes
+        self.items: dict[tuple, Image.Image] = {}
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, path: Path, pre: Preprocess) -> Image.Image:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, json.dumps(pre.settings(), sort_keys=True))
+        with self.lock:
+            hit = self.items.get(key)
+        if hit is not None:
+            return hit
+        image = pre(path)
+        size = image.width * image.height
+        with self.lock:
+            if size <= self.max_bytes and key not in self.items:
+                while self.items and self.bytes + size > self.max_bytes:
+                    old = self.items.pop(next(iter(self.items)))
+                    self.bytes -= old.width * old.height
+                self.items[key] = image
+                self.bytes += size
+        return image
+
+
+PIXEL_CACHE = _PixelCache()
+
+
 def load_image(path: str | Path | Image.Image | np.ndarray, size: int,
                preprocess: Preprocess | None = None) -> torch.Tensor:
     """The model input for one file (or in-memory image): :class:`Preprocess` (default settings,
     ``image_size=size``) then :func:`to_tensor`.  Images of the prepared cache are used as
-    prepared.  Training and inference (:class:`medvill.Pipeline`) both call this."""
+    prepared.  Training and inference (:class:`medvill.Pipeline`) both call this.  Files are
+    preprocessed once per process (:data:`PIXEL_CACHE`)."""
     pre = preprocess if preprocess is not None else Preprocess(image_size=size)
     if pre.image_size != size:
         pre = dataclasses.replace(pre, image_size=size)
+    if isinstance(path, (str, Path)):
+        return to_tensor(PIXEL_CACHE.get(Path(path), pre))
     return to_tensor(pre(path))
