@@ -19,7 +19,7 @@ from rich.console import Console
 
 from medvill.config import load_config
 from medvill.data.registry import synthetic_root
-from medvill.demo import DEMO_STEPS, _with
+from medvill.demo import PLANS, _mask_name, _with
 from medvill.evaluate import compare_runs
 from medvill.finetune import run_evaluation, run_finetuning
 from medvill.pipeline import run_pretraining
@@ -35,23 +35,27 @@ def main() -> None:
     console = Console()
     os.environ.setdefault("MEDVILL_CACHE", str(args.output / "cache"))
     cfg = load_config(args.preset, None, [])
-    pre_steps, ft_steps, eval_every, _ = DEMO_STEPS[args.preset]
+    plan = PLANS[args.preset]
+    pre_steps, ft_steps = plan.pretrain_steps, plan.finetune_steps["generation"]
+    eval_every = max(1, int(ft_steps * plan.eval_fraction))
     cfg.data.root = str(synthetic_root(cfg.data.synthetic_n, cfg.model.image_size, cfg.data.synthetic_seed))
     evals = []
     for mask in args.masks:
         pre = args.output / f"pretrain-{mask}"
         run_pretraining(_with(cfg, f"pretrain.mask={mask}", f"train.max_steps={pre_steps}"), pre, console=console)
-        fcfg = _with(cfg, f"train.max_steps={ft_steps}", f"train.eval_every={eval_every}")
+        fcfg = _with(cfg, f"train.max_steps={ft_steps}", f"train.eval_every={eval_every}",
+                     f"train.length_grouping={plan.length_grouping}")
         ft = args.output / f"generation-{mask}"
         run_finetuning("generation", fcfg, str(pre), ft, console=console)
         metrics = run_evaluation("generation", ft, fcfg, split="test", n_bootstrap=args.bootstrap)
         ev = args.output / "eval" / f"generation-{mask}"
         ev.mkdir(parents=True, exist_ok=True)
         (ev / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        evals.append(f"MedViLL-{mask.upper()}={ev}")
-    table = compare_runs(evals, reference=f"MedViLL-{args.masks[0].upper()}")
-    (args.output / "results.md").write_text(table.to_markdown() + "\n")
-    console.print(table.to_markdown())
+        evals.append(f"MedViLL-{_mask_name(mask)}={ev}")
+    table = compare_runs(evals, reference=f"MedViLL-{_mask_name(args.masks[0])}")
+    columns = ["bleu4", "ce_f1", "ce_f1_macro", "ce_f1_example", "perplexity"]
+    (args.output / "results.md").write_text(table.to_markdown(metrics=columns) + "\n")
+    console.print(table.to_markdown(metrics=columns))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ path to have those).
 
 **Texts.** The classification model of the paper reads the image *and* its report (that is how
 it is fine-tuned and evaluated); :meth:`Pipeline.classify` without a report gives the model an
-empty report, an input it never saw in training, so those probabilities rest on the image alone
-and are less reliable.  VQA reads the question; retrieval scores (image, report) pairs with
+empty report, so those probabilities rest on the image alone (a model fine-tuned with
+``finetune.image_only_prob`` > 0 was trained on that input; see its ``image_only_*`` metrics).
+VQA reads the question; retrieval scores (image, report) pairs with
 the matching head; generation reads only the image.
 """
 
@@ -549,8 +550,8 @@ class Pipeline:
                  ) -> dict[str, float] | list[dict[str, float]]:
         """``{observation: probability}`` for the 14 CheXpert observations (sigmoid of each
         label's logit).  ``report``: the report that goes with the image (the paper's
-        classification reads both); None gives the model an empty report (image only, an input
-        it was not trained on)."""
+        classification reads both); None gives the model an empty report (the image alone; a
+        model fine-tuned with ``finetune.image_only_prob`` > 0 was trained on that input)."""
         lm = self._get("classification")
         imgs, reports, single = self._pair(images, report, "reports", default="")
         out: list[dict[str, float]] = []
