@@ -632,6 +632,19 @@ vqa = need(VQA_RAD / "trainset.json")
 
 
 @vqa
+def test_vqa_rad_validation_by_question_asks_about_training_images():
+    train = load_vqa_rad(VQA_RAD, "train", validate_by="question", policy="error")
+    val = load_vqa_rad(VQA_RAD, "validate", validate_by="question", policy="error")
+    assert len(train) + len(val) == 3064 and 0.08 <= len(val) / 3064 <= 0.12
+    assert not {i.qid for i in train} & {i.qid for i in val}
+    shared = {i.image.name for i in val} & {i.image.name for i in train}
+    assert len(shared) > 0.8 * len({i.image.name for i in val})  # as in the official test split
+    assert [i.qid for i in load_vqa_rad(VQA_RAD, "validate", validate_by="question")] == [i.qid for i in val]
+    with pytest.raises(ValueError, match="validate_by"):
+        load_vqa_rad(VQA_RAD, "validate", validate_by="organ")
+
+
+@vqa
 def test_vqa_rad_real_counts_and_quirks():
     raw = json.loads((VQA_RAD / "trainset.json").read_text())
     for organ, n_q, n_img in (("ALL", 3064, 314), ("CHEST", 1088, 107)):

@@ -141,13 +141,16 @@ class DataConfig:
     with no ``root`` generates into a cache.  ``policy``: a bad row is skipped and counted
     (``skip``) or stops the run (``error``); ``section``: the report text the model reads
     (``longer`` of Findings and Impression, as the paper; or findings / impression / both);
-    ``vqa_organ``: ALL or CHEST."""
+    ``vqa_organ``: ALL or CHEST; ``vqa_validate_by``: VQA-RAD's validation carve holds out whole
+    images (``image``) or single questions about training images (``question``, what the
+    official test split asks)."""
 
     dataset: str = "synthetic"
     root: str | None = None
     policy: str = "skip"
     section: str = "longer"
     vqa_organ: str = "ALL"
+    vqa_validate_by: str = "image"
     synthetic_n: int = 2000
     synthetic_seed: int = 0
     num_workers: int = 0
@@ -316,7 +319,8 @@ class RunConfig:
         self.finetune.validate()
         choices = {"data.policy": (self.data.policy, ("skip", "error")),
                    "data.section": (self.data.section, ("longer", "findings", "impression", "both")),
-                   "data.vqa_organ": (self.data.vqa_organ, ("ALL", "CHEST"))}
+                   "data.vqa_organ": (self.data.vqa_organ, ("ALL", "CHEST")),
+                   "data.vqa_validate_by": (self.data.vqa_validate_by, ("image", "question"))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")

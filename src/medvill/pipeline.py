@@ -40,7 +40,8 @@ def load_vqa_split(cfg: RunConfig, split: str) -> list:
 
     d = cfg.data
     return load_vqa(d.dataset, d.root, split, organ=d.vqa_organ, image_size=cfg.model.image_size,
-                    synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy)
+                    synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy,
+                    validate_by=d.vqa_validate_by)
 
 
 def build_tokenizer(cfg: RunConfig, texts: list[str], bert_dir: Path | None = None) -> MedTokenizer:

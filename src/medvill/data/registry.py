@@ -94,7 +94,7 @@ def load_records(dataset: str, root: str | Path | None, split: str, *, image_siz
 
 
 def load_vqa(dataset: str, root: str | Path | None, split: str, *, organ: str = "ALL", image_size: int = 128,
-             synthetic_n: int = 2000, synthetic_seed: int = 0, policy: str = "skip"):
+             synthetic_n: int = 2000, synthetic_seed: int = 0, policy: str = "skip", validate_by: str = "image"):
     """VQA items of one split: ``vqa_rad`` or the synthetic data set's questions."""
     from .vqa_rad import load_vqa_rad
 
@@ -105,4 +105,4 @@ def load_vqa(dataset: str, root: str | Path | None, split: str, *, organ: str = 
         raise ValueError(f"--dataset {dataset} has no questions; VQA reads vqa_rad or synthetic")
     if root is None:
         raise ValueError("--dataset vqa_rad needs --root: the VQA-RAD folder")
-    return load_vqa_rad(root, split, organ=organ, policy=policy)
+    return load_vqa_rad(root, split, organ=organ, policy=policy, validate_by=validate_by)

@@ -36,6 +36,10 @@ deterministic ~10 % of the training questions **grouped by image** (no image is 
 training questions (so ``organ="CHEST"`` and ``organ="ALL"`` agree on every chest question):
 for each organ the training images are ordered by SHA-256 of their file name and taken in
 that order until they hold at least ``validate_fraction`` of that organ's training questions.
+``validate_by="question"`` carves single questions instead (a hash of the qid below
+``validate_fraction``): validation then asks about images seen in training, as the official
+test split does (its 451 questions are about the training images), so model selection
+matches what the test split measures.
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ def load_vqa_rad(
     layout: str = "auto",
     expand_frames: bool = True,
     validate_fraction: float = 0.1,
+    validate_by: str = "image",
     check_images: bool = True,
     policy: str = "skip",
     skips: SkipReport | None = None,
@@ -198,6 +203,7 @@ def load_vqa_rad(
     """
     check_split(split)
     check_choice("layout", layout, LAYOUTS)
+    check_choice("validate_by", validate_by, ("image", "question"))
     organ = " ".join(str(organ).upper().split())
     root = Path(root)
     if layout == "auto":
@@ -218,10 +224,15 @@ def load_vqa_rad(
                              check_images)
     if split != "test":
         train = [it for it in items if it.split == "train"]
-        val_images = carve_validation(train, validate_fraction)
-        for it in train:
-            if it.image.name in val_images:
-                it.split = "validate"
+        if validate_by == "image":
+            val_images = carve_validation(train, validate_fraction)
+            for it in train:
+                if it.image.name in val_images:
+                    it.split = "validate"
+        else:
+            for it in train:
+                if hash_unit(f"{it.qid}:{it.question}", "vqa-rad-question/") < validate_fraction:
+                    it.split = "validate"
     items = [it for it in items if it.split == split and (organ == "ALL" or it.organ == organ)]
     items.sort(key=lambda it: natural_key(it.qid))
     rows.finish(log)
