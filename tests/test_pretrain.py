@@ -192,3 +192,24 @@ def test_cli_demo_full_compares_every_mask_and_baseline(tmp_path):
     assert data["tasks"]["generation"]["models"] == [*medvill, "TieNet"]
     assert all((out / f"pretrain-{m}" / "model.safetensors").is_file() for m in
                ("bar", "s2s", "bi", "bi_s2s", "non_crossing"))
+
+
+def test_demo_results_do_not_depend_on_the_number_of_worker_processes(tmp_path, monkeypatch):
+    """Two spawned one-thread workers give the same tables as one one-thread process."""
+    from medvill import demo
+
+    monkeypatch.setattr(demo, "_cpus", lambda: 2)  # each of 2 workers: 1 thread
+    monkeypatch.setenv("MEDVILL_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tables = []
+        for workers in (1, 2):
+            cfg = load_config("tiny", None, ["train.progress=false"])
+            result = demo.run_demo(cfg, tmp_path / f"w{workers}", n_bootstrap=2, workers=workers)
+            tables.append({t: json.loads(table.to_json())["cells"] for t, table in result.tables.items()})
+    finally:
+        torch.set_num_threads(threads)
+    assert tables[0] == tables[1] and set(tables[0]) == {"classification", "retrieval", "vqa", "generation"}
+    with pytest.raises(ValueError, match="workers"):
+        demo.run_demo(load_config("tiny", None, []), tmp_path / "w0", workers=0)

@@ -236,6 +236,8 @@ def demo(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples of the test split")] = 30,
     full: Annotated[bool, typer.Option("--full", help="every mask scheme and the CNN&Transformer and TieNet "
                                                       "baselines (the paper's whole comparison; about 1 hour)")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="models trained at once, each in its "
+                                                "own process (default: one per CPU, at most 4)")] = None,
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline on synthetic data: pre-train (BAR), fine-tune the 4 tasks from it and from scratch, tables."""
@@ -248,7 +250,8 @@ def demo(
         raise _fail(exc) from None
     os.environ.setdefault("MEDVILL_CACHE", str(output / "cache"))
     output.mkdir(parents=True, exist_ok=True)
-    result = run_demo(cfg, output, full=full, n_bootstrap=bootstrap, pretrain_steps=max_steps, console=console)
+    result = run_demo(cfg, output, full=full, n_bootstrap=bootstrap, pretrain_steps=max_steps, console=console,
+                      workers=workers)
     for mask, hist in result.pretrain.items():
         console.print(f"[bold]pre-training {mask}[/bold]")
         _print_losses(hist)
