@@ -26,6 +26,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML run confi
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: section.key=value (repeatable)")]
 ResumeOpt = Annotated[str | None, typer.Option("--resume", help="continue a stopped run: 'auto' (newest complete "
                                                "training state in OUTPUT/checkpoints) or a checkpoint folder")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace the run already in --output (its files "
+                                            "are removed first); without it such a folder is refused")]
 
 
 def _setup_logging() -> None:
@@ -51,6 +53,16 @@ def _cli_overrides(dataset: str | None = None, root: Path | None = None, max_ste
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {exc}")
     return typer.Exit(code=2)
+
+
+def _claim_output(output: Path, **kwargs: bool) -> None:
+    """Refuse (before any work) an --output that is a file or holds another run."""
+    from .run_output import OutputExistsError, claim_output
+
+    try:
+        claim_output(output, **kwargs)
+    except OutputExistsError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()
@@ -82,6 +94,7 @@ def pretrain(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Pre-train MedViLL with MLM + image-report matching."""
     from .pipeline import run_pretraining
@@ -91,6 +104,7 @@ def pretrain(
                            train={"resume": resume} if resume else {})
     try:
         cfg = load_config(preset, config, set_ or [], extra)
+        _claim_output(output, overwrite=overwrite, resume=resume is not None)
         run = run_pretraining(cfg, output, console=console)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from None
@@ -112,6 +126,7 @@ def finetune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Fine-tune a downstream task (MedViLL or a baseline); the model is selected on the validation split."""
     from .finetune import run_finetuning
@@ -120,6 +135,7 @@ def finetune(
     extra = _cli_overrides(dataset, root, max_steps, train={"resume": resume} if resume else {})
     try:
         cfg = load_config(preset, config, set_ or [], extra)
+        _claim_output(output, overwrite=overwrite, resume=resume is not None)
         run = run_finetuning(task, cfg, init, output, console=console)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from None
@@ -139,6 +155,7 @@ def evaluate(
     n_bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples (paper: 30)")] = 30,
     preset: PresetOpt = "base",
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Score a checkpoint with the paper's protocol: mean (std) over bootstrap resamples."""
     from .finetune import run_evaluation
@@ -147,6 +164,7 @@ def evaluate(
     extra = _cli_overrides(dataset, root)
     try:
         cfg = load_config(preset, None, set_ or [], extra)
+        _claim_output(output, overwrite=overwrite, evaluation=True)
         metrics = run_evaluation(task, checkpoint, cfg, split=split, n_bootstrap=n_bootstrap)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from None
