@@ -826,6 +826,56 @@ def test_own_hash_split_and_csv(own_dir):
         load_jsonl(path, "train")
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_bad_byte_costs_its_row_not_the_file(own_dir, suffix):
+    """One non-UTF-8 byte (after the first 8 KB chunk, as in a real file) is a bad row named
+    file:line under either policy; the other rows load."""
+    path = own_dir / f"data{suffix}"
+    pad = "x" * 9000  # pushes the bad byte past the decoder's first chunk
+    if suffix == ".jsonl":
+        rows = [json.dumps({"id": n, "image": f"images/{n}.png", "text": f"Finding {n}. {pad}", "split": "train"})
+                for n in "abc"]
+        data = "\n".join(rows).encode() + b"\n"
+        data = data.replace(b"Finding c.", b"Finding c\xe9.")
+        bad_line = 3
+    else:
+        lines = ["id,image,text,split"] + [f"{n},images/{n}.png,Finding {n}. {pad},train" for n in "abc"]
+        data = ("\n".join(lines) + "\n").encode().replace(b"Finding b.", b"Finding b\xe9.")
+        bad_line = 3
+    path.write_bytes(data)
+    skips = SkipReport("own")
+    got = load_jsonl(path, "train", skips=skips, labels="none")
+    assert len(got) == 2 and skips.total == 1
+    assert f"{path}:{bad_line}" in skips.examples[0] and "byte 0xe9" in skips.examples[0]
+    with pytest.raises(DataError, match=rf"data\{suffix}:{bad_line}: byte 0xe9 at column \d+ is not UTF-8 text"):
+        load_jsonl(path, "train", policy="error", labels="none")
+
+
+def test_report_text_must_be_a_string(own_dir):
+    path = own_dir / "data.jsonl"
+    rows = [{"id": "a", "image": "images/a.png", "text": ["Small", "effusion."], "split": "train"},
+            {"id": "b", "image": "images/b.png", "findings": {"x": 1}, "split": "train"},
+            {"id": "c", "image": 3, "text": "ok", "split": "train"},
+            {"id": "d", "image": "images/d.png", "text": "Clear lungs.", "split": "train"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    skips = SkipReport("own")
+    assert [r.id for r in load_jsonl(path, "train", skips=skips, labels="none")] == ["d"]
+    assert dict(skips.counts) == {"'text' must be a string, got a JSON list": 1,
+                                  "'findings' must be a string, got a JSON object": 1,
+                                  "'image' must be a string, got a JSON number": 1}
+    with pytest.raises(DataError, match=r"data\.jsonl:1: 'text' must be a string, got a JSON list"):
+        load_jsonl(path, "train", policy="error", labels="none")
+
+
+def test_vqa_rad_file_with_a_bad_byte_is_named(tmp_path):
+    from medvill.data.vqa_rad import load_vqa_rad
+
+    (tmp_path / "VQA_RAD Image Folder").mkdir()
+    (tmp_path / "VQA_RAD Dataset Public.json").write_bytes(b'[{"question": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"VQA_RAD Dataset Public\.json: byte 0xe9 at offset \d+ is not UTF-8"):
+        load_vqa_rad(tmp_path, "train")
+
+
 def test_own_jsonl_reads_synthetic_layout(tmp_path):
     from medvill.data.synthetic import generate_synthetic
 

@@ -129,12 +129,26 @@ class RowPolicy:
 # ---------------------------------------------------------------------------------------
 
 
-def open_text(path: str | Path) -> TextIO:
-    """Open a text file for reading (UTF-8, BOM tolerated); ``*.gz`` is decompressed."""
+def open_text(path: str | Path, errors: str = "strict") -> TextIO:
+    """Open a text file for reading (UTF-8, BOM tolerated); ``*.gz`` is decompressed.
+    Row readers pass ``errors="surrogateescape"`` and check each row with
+    :func:`undecodable`, so one bad byte costs one row, not the file."""
     path = Path(path)
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors=errors, newline="")
+    return path.open(encoding="utf-8-sig", errors=errors, newline="")
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def undecodable(text: str) -> str | None:
+    """For text read with ``errors="surrogateescape"``: None when it was valid UTF-8, else
+    a description of the first bad byte (``"byte 0xe9 at column 5 is not UTF-8"``)."""
+    bad = _ESCAPED_BYTE.search(text)
+    if bad is None:
+        return None
+    return f"byte 0x{ord(bad.group()) - 0xDC00:02x} at column {bad.start() + 1} is not UTF-8 text"
 
 
 def read_text(path: str | Path) -> str:
@@ -176,7 +190,7 @@ def read_csv(path: str | Path, required: Sequence[str], rows: RowPolicy,
     Blank lines are ignored.  Values are stripped of surrounding whitespace.
     """
     path = Path(path)
-    with open_text(path) as fh:
+    with open_text(path, errors="surrogateescape") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -185,6 +199,8 @@ def read_csv(path: str | Path, required: Sequence[str], rows: RowPolicy,
         except csv.Error as exc:
             raise DataError(f"{path}:1: cannot parse the CSV header ({exc})") from None
         header = [h.strip() for h in header]
+        if (problem := undecodable(",".join(header))) is not None:
+            raise DataError(f"{path}:1: the CSV header is not UTF-8 text ({problem})")
         missing = [c for c in required if c not in header]
         if missing:
             raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
@@ -212,6 +228,9 @@ def read_csv(path: str | Path, required: Sequence[str], rows: RowPolicy,
                 rows.bad(f"expected {len(header)} fields, got {len(fields)} (truncated or malformed row)",
                          f"{path}:{start}")
                 continue
+            if (problem := undecodable("".join(fields))) is not None:
+                rows.bad(problem, f"{path}:{start}")
+                continue
             yield start, {name: fields[i].strip() for name, i in index.items()}
 
 
@@ -238,9 +257,12 @@ def read_jsonl_lines(path: str | Path, rows: RowPolicy) -> Iterator[tuple[int, d
     import json
 
     path = Path(path)
-    with open_text(path) as fh:
+    with open_text(path, errors="surrogateescape") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            if (problem := undecodable(line)) is not None:
+                rows.bad(problem, f"{path}:{lineno}")
                 continue
             try:
                 obj = json.loads(line)

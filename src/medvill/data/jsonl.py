@@ -115,7 +115,7 @@ def _resolve_file(path: Path, split: str) -> Path:
 def _csv_rows(path: Path, rows: RowPolicy):
     import csv
 
-    with open_text(path) as fh:
+    with open_text(path, errors="surrogateescape") as fh:
         header = [h.strip() for h in next(csv.reader(fh), [])]
     if not header:
         raise DataError(f"{path}: empty file, expected a header row")
@@ -144,6 +144,11 @@ def _jsonl_rows(path: Path, rows: RowPolicy):
         if image_key is None:
             rows.bad("the record has no 'image' key", f"{path}:{lineno}")
             continue
+        wrong = next((k for k in (image_key, *TEXT_KEYS, "split") if obj.get(k) is not None
+                      and not isinstance(obj[k], str)), None)
+        if wrong is not None:
+            rows.bad(f"{wrong!r} must be a string, got a JSON {_json_type(obj[wrong])}", f"{path}:{lineno}")
+            continue
         out = dict(obj)
         out["image"] = obj[image_key]
         top = {k: obj[k] for k in CHEXPERT_OBSERVATIONS if k in obj}
@@ -152,6 +157,10 @@ def _jsonl_rows(path: Path, rows: RowPolicy):
             merged.update(top)
             out["labels"] = merged
         yield lineno, out
+
+
+def _json_type(value: Any) -> str:
+    return {list: "list", dict: "object", bool: "boolean", int: "number", float: "number"}.get(type(value), "value")
 
 
 def load_jsonl(

@@ -101,6 +101,8 @@ def _read_json_list(path: Path) -> list[Any]:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8 text") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
     return data
