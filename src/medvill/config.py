@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import enum
 import types
 import typing
@@ -93,6 +94,7 @@ class ModelConfig:
         return self.grid_size**2
 
     def validate(self) -> None:
+        check_ranges(self, "model")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone: {self.backbone!r} is not one of {BACKBONES}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
@@ -294,6 +296,53 @@ class BaselineConfig:
             raise ConfigError(f"baseline.tienet_hops must be >= 1, got {self.tienet_hops}")
 
 
+#: the range of every numeric key: (low, high, low inclusive, high inclusive); None = unbounded.
+#: Checked by :meth:`RunConfig.validate`, so a wrong value stops a run before any work, by name.
+_GE0, _GE1, _GT0 = (0, None, True, True), (1, None, True, True), (0, None, False, True)
+_PROB, _DROPOUT = (0, 1, True, True), (0, 1, True, False)
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "model.vocab_size": _GE1, "model.hidden_size": _GE1, "model.num_hidden_layers": _GE1,
+    "model.num_attention_heads": _GE1, "model.intermediate_size": _GE1, "model.hidden_dropout_prob": _DROPOUT,
+    "model.attention_probs_dropout_prob": _DROPOUT, "model.max_position_embeddings": _GE1,
+    "model.type_vocab_size": _GE1, "model.layer_norm_eps": _GT0, "model.initializer_range": _GT0,
+    "model.image_size": _GE1, "model.small_cnn_channels": (2, None, True, True), "model.max_text_len": (2, None, True, True),
+    "tokenizer.vocab_size": _GE1, "tokenizer.min_frequency": _GE1,
+    "data.synthetic_n": _GE1, "data.synthetic_seed": _GE0, "data.num_workers": _GE0,
+    "pretrain.s2s_prob": _PROB, "pretrain.mlm_prob": (0, 1, False, True), "pretrain.mlm_mask_frac": _PROB,
+    "pretrain.mlm_random_frac": _PROB, "pretrain.irm_weight": _GE0, "pretrain.visual_tokens_sampled": _GE1,
+    "pretrain.itc_weight": _GE0, "pretrain.itc_dim": _GE1, "pretrain.itc_temperature": _GT0,
+    "train.batch_size": _GE1, "train.max_steps": _GE0, "train.lr": _GT0, "train.backbone_lr": _GE0,
+    "train.weight_decay": _GE0, "train.warmup_steps": _GE0, "train.grad_clip": _GE0, "train.grad_accum": _GE1,
+    "train.seed": _GE0, "train.log_every": _GE1, "train.save_every": _GE0, "train.eval_every": _GE0,
+    "train.early_stopping_patience": _GE0, "train.length_grouping": _GE0, "train.checkpoint_every": _GE0,
+    "train.keep_checkpoints": _GE0,
+    "finetune.image_only_prob": _PROB,
+    "eval.n_candidates": (2, None, True, True), "eval.max_queries": _GE1, "eval.seed": _GE0, "eval.num_beams": _GE1,
+    "eval.max_length": _GE1, "eval.length_penalty": (None, None, True, True), "eval.no_repeat_ngram_size": _GE0,
+    "baseline.tienet_loss_weight": _PROB, "baseline.tienet_hops": _GE1,
+}
+
+
+def check_ranges(obj: Any, section: str) -> None:
+    """Every numeric key of ``section`` in :data:`RANGES` finite and within its range (``None``
+    passes where the key allows it), else a :class:`ConfigError` naming the key, the value and
+    the range."""
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        if not key.startswith(section + "."):
+            continue
+        value = getattr(obj, key.split(".", 1)[1])
+        if value is None or isinstance(value, bool):
+            continue
+        bad = not math.isfinite(value)
+        bad = bad or (low is not None and (value < low if low_in else value <= low))
+        bad = bad or (high is not None and (value > high if high_in else value >= high))
+        if bad:
+            lo = "" if low is None else f"{'>=' if low_in else '>'} {low:g}"
+            hi = "" if high is None else f"{'<=' if high_in else '<'} {high:g}"
+            want = " and ".join(x for x in (lo, hi) if x) or "finite"
+            raise ConfigError(f"{key} must be {want}, got {value!r}")
+
+
 @dataclass
 class RunConfig:
     """A whole run.  ``init_text``: BERT checkpoint to initialise the transformer from
@@ -313,6 +362,12 @@ class RunConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def validate(self) -> RunConfig:
+        for section in ("tokenizer", "data", "pretrain", "train", "finetune", "eval", "baseline"):
+            check_ranges(getattr(self, section), section)
+        p = self.pretrain
+        if p.mlm_mask_frac + p.mlm_random_frac > 1:
+            raise ConfigError(f"pretrain.mlm_mask_frac + pretrain.mlm_random_frac must be <= 1, "
+                              f"got {p.mlm_mask_frac} + {p.mlm_random_frac}")
         self.model.validate()
         self.baseline.validate()
         self.pretrain.validate()
@@ -408,6 +463,30 @@ def preset_config(name: str) -> RunConfig:
     return cfg
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names the same key twice (YAML forbids it; PyYAML keeps the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise DuplicateKeyError(f"duplicate key {key!r} on lines {seen[key]} and {line}")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a duplicate key, naming it and both lines."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(
     preset: str = "base",
     yaml_path: str | Path | None = None,
@@ -419,9 +498,13 @@ def load_config(
     if yaml_path is not None:
         path = Path(yaml_path)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if data is None:
