@@ -87,6 +87,27 @@ def test_resume_auto_skips_damaged_checkpoints_and_matches(uninterrupted, synthe
     assert [h["step"] for h in run.result.history] == [3, 6, 9, 12]
 
 
+def test_a_checkpoint_whose_files_match_the_manifest_but_do_not_load_is_skipped(uninterrupted, tmp_path):
+    """An optimizer file written broken (manifest updated to match) is damaged, not a traceback."""
+    import hashlib
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted / "checkpoints", out / "checkpoints")
+    newest = out / "checkpoints" / "step-00000010"
+    for name, data in (("optimizer.pt", b"not a torch file"), ("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")):
+        ckpt = out / "checkpoints" / ("step-00000010" if name == "optimizer.pt" else "step-00000008")
+        (ckpt / name).write_bytes(data)
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        manifest["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    said: list[str] = []
+    assert find_resume_checkpoint(out, "auto", say=said.append) == out / "checkpoints" / "step-00000006"
+    assert any("step-00000010" in m and "optimizer.pt cannot be loaded" in m for m in said)
+    assert any("step-00000008" in m and "model.safetensors cannot be loaded" in m for m in said)
+    with pytest.raises(ConfigError, match=r"step-00000010/optimizer\.pt cannot be loaded"):
+        find_resume_checkpoint(out, str(newest))
+
+
 def test_resume_needs_the_same_batch_settings(uninterrupted, synthetic_root, tmp_path):
     ckpt = list_checkpoints(uninterrupted / "checkpoints")[-1]
     with pytest.raises(ConfigError, match="train.batch_size: 8 in the checkpoint, 4 now"):

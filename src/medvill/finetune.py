@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, ModelConfig, RunConfig, dataclass_from_dict
+from .config import ConfigError, ModelConfig, RunConfig
 from .data.task_data import ImageTextCollator, ImageTextDataset
 from .metrics import bootstrap
 from .data.collate import PretrainCollator, PretrainDataset
@@ -38,7 +37,7 @@ from .modeling.heads import (
 )
 from .modeling.baselines import BASELINE_NAMES, BASELINE_TASKS, TieNet
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
-from .modeling.pretrained import PreTrainedModel, read_checkpoint_config
+from .modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_checkpoint_config, read_weights
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, data_loader, load_split, load_vqa_split, model_config_for
 from .metrics.classification import select_thresholds
 from .tasks.classification import THRESHOLDS_FILE, ClassificationTask, binary_targets
@@ -159,12 +158,11 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         if bert_dir is not None:
             load_bert_weights(model, bert_dir)
     else:
-        meta = read_checkpoint_config(init)
+        mcfg = checkpoint_model_config(init)
         tokenizer = MedTokenizer.from_pretrained(init)
-        mcfg = dataclass_from_dict(ModelConfig, meta["model"], "model.")
         torch.manual_seed(cfg.train.seed)
         model = model_cls(mcfg, load_pretrained_backbone=False, **head)
-        fresh = init_from_pretraining(model, load_file(str(Path(init) / "model.safetensors")))
+        fresh = init_from_pretraining(model, read_weights(init))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
     if isinstance(task, TieNetGenerationTask):

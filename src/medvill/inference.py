@@ -64,8 +64,8 @@ from .generation import GenerationConfig
 from .generation import generate as generate_ids
 from .labels import CHEXPERT_OBSERVATIONS
 from .modeling.heads import MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA
-from .modeling.pretrained import CONFIG_NAME, PreTrainedModel, read_checkpoint_config
-from .tasks.vqa import ANSWERS_FILE
+from .modeling.pretrained import CONFIG_NAME, PreTrainedModel, read_checkpoint_config, read_json_file
+from .tasks.vqa import ANSWERS_FILE, read_answers
 from .tokenization import MedTokenizer
 
 log = logging.getLogger(__name__)
@@ -203,10 +203,7 @@ def checkpoint_task(path: str | Path) -> str:
     meta = read_checkpoint_config(path)
     info = path / FINETUNE_INFO
     if info.is_file():
-        try:
-            task = json.loads(info.read_text())["task"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{info}: not a medvill finetune.json ({type(exc).__name__}: {exc})") from None
+        task = read_json_file(info).get("task")
         if task not in TASKS:
             raise ConfigError(f"{info}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
         return task
@@ -305,10 +302,12 @@ class ModelInput:
         directory = Path(directory)
         path = directory / INPUT_INFO
         if path.is_file():
+            info = read_json_file(path)
             try:
-                info = json.loads(path.read_text())
                 cache, size = info["cache"], int(info["image_size"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                if cache is not None and not isinstance(cache, dict):
+                    raise TypeError(f"'cache' must be an object or null, got {type(cache).__name__}")
+            except (KeyError, TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}: not a medvill {INPUT_INFO} ({type(exc).__name__}: {exc})") from None
             if size != image_size:
                 raise ConfigError(f"{path}: image_size {size} differs from the model's {image_size}")
@@ -341,9 +340,10 @@ def _training_root(directory: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        root = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("root")
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        run = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        root = (run.get("data") or {}).get("root")
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a medvill run config ({type(exc).__name__}: {exc})") from None
     if root is None:
         return None
     if not Path(root).is_dir():
@@ -493,7 +493,7 @@ class Pipeline:
             path = ckpt.path / ANSWERS_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"{ckpt.path} has no {ANSWERS_FILE}: not a VQA checkpoint")
-            lm.answers = json.loads(path.read_text())
+            lm.answers = read_answers(path)
             if len(lm.answers) != model.num_answers:
                 raise ConfigError(f"{path}: {len(lm.answers)} answers, the model has {model.num_answers} classes")
         self._loaded[task] = lm

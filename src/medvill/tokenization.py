@@ -27,6 +27,10 @@ def _configure(tok: Tokenizer, lowercase: bool) -> Tokenizer:
     return tok
 
 
+class TokenizerFileError(ValueError):
+    """A checkpoint's tokenizer file is damaged (named in the message)."""
+
+
 class MedTokenizer:
     """A thin, typed wrapper around a ``tokenizers.Tokenizer`` with a WordPiece model."""
 
@@ -76,7 +80,12 @@ class MedTokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"vocabulary file not found: {path}")
         vocab: dict[str, int] = {}
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TokenizerFileError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                     f"{exc.start})") from None
+        for i, line in enumerate(text.splitlines()):
             token = line.rstrip("\n")
             if token in vocab:
                 continue  # keep the first id, as BERT's loader does
@@ -90,8 +99,12 @@ class MedTokenizer:
     def from_pretrained(cls, directory: str | Path) -> MedTokenizer:
         """Load from a checkpoint directory (``tokenizer.json``, else ``vocab.txt``)."""
         directory = Path(directory)
-        if (directory / TOKENIZER_NAME).is_file():
-            return cls(Tokenizer.from_file(str(directory / TOKENIZER_NAME)))
+        path = directory / TOKENIZER_NAME
+        if path.is_file():
+            try:
+                return cls(Tokenizer.from_file(str(path)))
+            except Exception as exc:  # tokenizers raises a bare Exception for a damaged file
+                raise TokenizerFileError(f"{path}: not a readable tokenizer file ({exc})") from None
         return cls.from_vocab(directory / VOCAB_NAME)
 
     def save(self, directory: str | Path) -> None:

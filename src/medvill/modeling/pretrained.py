@@ -117,11 +117,41 @@ class PreTrainedModel(nn.Module):
         target = ARCHITECTURES[arch]
         if cls is not PreTrainedModel and not issubclass(target, cls):
             raise ConfigError(f"{directory} holds a {arch}, not a {cls.__name__}")
-        config = dataclass_from_dict(ModelConfig, meta["model"], "model.")
-        model = target(config, load_pretrained_backbone=False, **meta.get("head", {}))
-        state = load_file(str(Path(directory) / WEIGHTS_NAME), device=str(map_location))
-        load_state_tied(model, state, source=str(directory))
+        where = f"{Path(directory) / CONFIG_NAME}"
+        try:
+            config = checkpoint_model_config(directory, meta)
+            head = meta.get("head", {})
+            if not isinstance(head, dict):
+                raise ConfigError(f"'head' must be a mapping, got {type(head).__name__}")
+            model = target(config, load_pretrained_backbone=False, **head)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a head option the architecture does not take
+            raise ConfigError(f"{where}: cannot build a {arch} from it ({exc})") from None
+        load_state_tied(model, read_weights(directory, map_location), source=str(directory))
         return model
+
+
+def checkpoint_model_config(directory: str | Path, meta: dict[str, Any] | None = None) -> ModelConfig:
+    """The validated :class:`ModelConfig` of a checkpoint (errors name its config.json)."""
+    meta = read_checkpoint_config(directory) if meta is None else meta
+    try:
+        config = dataclass_from_dict(ModelConfig, meta["model"], "model.")
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{Path(directory) / CONFIG_NAME}: {exc}") from None
+    return config
+
+
+def read_weights(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint's ``model.safetensors``; a damaged or truncated file is a named error."""
+    weights = Path(directory) / WEIGHTS_NAME
+    try:
+        return load_file(str(weights), device=str(map_location))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
+        raise ConfigError(f"{weights}: damaged or truncated weights file ({exc}); copy the checkpoint again") from None
 
 
 def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
@@ -130,17 +160,36 @@ def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def read_json_file(path: str | Path, expect: type = dict) -> Any:
+    """A checkpoint's JSON file, of JSON type ``expect`` (dict or list); any problem (not
+    UTF-8, not JSON, empty, another type) is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, expect):
+        want = {dict: "object", list: "list"}.get(expect, expect.__name__)
+        raise ConfigError(f"{path}: expected a JSON {want}, got {type(value).__name__}")
+    return value
+
+
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a medvill checkpoint: {CONFIG_NAME} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    meta = read_json_file(path)
     if meta.get("format") != "medvill":
         raise ConfigError(f"{path}: not a medvill checkpoint (format={meta.get('format')!r})")
+    for key, kind in (("architecture", str), ("model", dict)):
+        if key not in meta:
+            raise ConfigError(f"{path}: no {key!r} entry (a damaged or hand-edited checkpoint config)")
+        if not isinstance(meta[key], kind):
+            raise ConfigError(f"{path}: {key!r} must be a JSON {'string' if kind is str else 'object'}, "
+                              f"got {type(meta[key]).__name__}")
     if not (directory / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{directory}: {WEIGHTS_NAME} is missing")
     return meta

@@ -18,11 +18,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import ConfigError
 from ..data.vqa_rad import VQAItem, build_answer_vocab
 from ..metrics import vqa_accuracy
+from ..modeling.pretrained import read_json_file
 from .base import StepOutput, run_over
 
 ANSWERS_FILE = "answers.json"
+
+
+def read_answers(path: Path) -> list[str]:
+    """A VQA checkpoint's answer vocabulary (a JSON list of strings, one per class)."""
+    answers = read_json_file(path, list)
+    if not all(isinstance(a, str) for a in answers):
+        raise ConfigError(f"{path}: every answer must be a string")
+    return answers
 
 
 class VQATask:
@@ -51,7 +61,7 @@ class VQATask:
         path = Path(directory) / ANSWERS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{directory} has no {ANSWERS_FILE}: not a VQA checkpoint")
-        return cls(json.loads(path.read_text()))
+        return cls(read_answers(path))
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> StepOutput:
         logits = model(batch["text_ids"], batch["text_valid"], images=batch["images"]).logits

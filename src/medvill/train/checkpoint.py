@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -230,9 +231,24 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             raise CorruptCheckpoint(f"{f} has {size} bytes, the manifest says {info.get('size')}")
         if _sha256(f) != info.get("sha256"):
             raise CorruptCheckpoint(f"{f} does not match its SHA-256 in the manifest")
-    meta = json.loads((path / STATE).read_text())
-    if meta.get("format") != FORMAT:
-        raise CorruptCheckpoint(f"{path / STATE}: not a medvill training state (format={meta.get('format')!r})")
+    try:
+        meta = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpoint(f"{path / STATE}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CorruptCheckpoint(f"{path / STATE}: not a medvill training state")
+    for name in files:  # a file can match its manifest and still not load (written by a broken run)
+        if name.endswith(".pt"):
+            try:
+                torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # UnpicklingError, RuntimeError (not a zip archive), EOFError, ...
+                raise CorruptCheckpoint(f"{path / name} cannot be loaded ({type(exc).__name__}: {exc})") from None
+        elif name.endswith(".safetensors"):
+            try:
+                with safe_open(str(path / name), framework="pt") as fh:
+                    fh.keys()
+            except Exception as exc:
+                raise CorruptCheckpoint(f"{path / name} cannot be loaded ({exc})") from None
     return meta
 
 
