@@ -100,3 +100,26 @@ def test_cli_overwrite_leaves_a_folder_that_describes_one_run(tmp_path, syntheti
     assert not (run / "finetune.json").exists() and not (run / "answers.json").exists()  # no stale sidecars
     assert describe_run(run) == "a model" and (run / "notes.txt").read_text() == "mine"
     assert json.loads((run / "config.json").read_text())  # the new model, not the fake
+
+
+def test_files_the_project_writes_follow_the_umask(tmp_path, synthetic_root):
+    """Checkpoints used to be created 0600 (tempfile's mode); now as open() would: 0644 under 022."""
+    import os
+    import stat
+
+    from medvill.config import load_config
+    from medvill.data.synthetic import generate_synthetic
+    from medvill.pipeline import run_pretraining
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        run_pretraining(load_config("tiny", None, [f"data.root={synthetic_root}", "train.max_steps=1",
+                                                   "train.progress=false"]), out)
+        data = tmp_path / "synth"
+        generate_synthetic(data, n=4, image_size=32, seed=0)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "run_config.yaml"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE(data.stat().st_mode) == 0o755

@@ -108,7 +108,7 @@ class MedTokenizer:
         return cls.from_vocab(directory / VOCAB_NAME)
 
     def save(self, directory: str | Path) -> None:
-        from .modeling.pretrained import atomic_write_text
+        from .fileio import atomic_write_text
 
         directory = Path(directory)
         vocab = self._tok.get_vocab()

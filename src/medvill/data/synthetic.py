@@ -133,6 +133,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..fileio import umask_mode
 from ..labels import CHEXPERT_OBSERVATIONS
 
 GENERATOR = "medvill-synthetic"
@@ -1816,6 +1817,7 @@ def generate_synthetic(output: str | Path, n: int = 1000, image_size: int = 128,
         meta = {"generator": GENERATOR, "version": VERSION, "n": n, "image_size": image_size, "seed": int(seed),
                 "split_fractions": list(fractions), "counts": counts, "label_counts": label_counts}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp made it 0700
         try:
             os.rename(tmp, output)     # replaces an empty folder; fails on a non-empty one
         except OSError as exc:

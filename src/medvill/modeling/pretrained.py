@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ConfigError, ModelConfig, dataclass_from_dict
+from ..fileio import atomic_write_text, umask_mode
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -30,24 +31,6 @@ ARCHITECTURES: dict[str, type[PreTrainedModel]] = {}
 def register(cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
     ARCHITECTURES[cls.__name__] = cls
     return cls
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,6 +77,7 @@ class PreTrainedModel(nn.Module):
         os.close(fd)
         try:
             save_file(unique_state_dict(self), tmp, metadata={"format": "pt"})
+            os.chmod(tmp, umask_mode())
             os.replace(tmp, directory / WEIGHTS_NAME)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

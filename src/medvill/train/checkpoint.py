@@ -45,7 +45,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ConfigError, TrainConfig
-from ..modeling.pretrained import atomic_write_text, load_state_tied, unique_state_dict
+from ..fileio import atomic_write_text
+from ..modeling.pretrained import load_state_tied, unique_state_dict
 
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, TrainConfig
-from ..modeling.pretrained import atomic_write_text
+from ..fileio import atomic_write_text
 from ..tasks.base import Task
 from .checkpoint import (
     LoopState, checkpoint_root, find_resume_checkpoint, load_training_state, save_training_state, set_rng_state,
