@@ -389,3 +389,59 @@ def test_models_run_off_the_event_loop(server, service, sample, monkeypatch):
         release.set()
         worker.join(30)
     assert result["r"][0] == 200 and "report" in json.loads(result["r"][2])
+
+
+def test_hostile_json_bodies_get_4xx_not_500(server, sample):
+    status, _, body = call(server, "POST", "/api/upload", sample.read_bytes(), {"X-Filename": "a.png"})
+    upload = json.loads(body)["id"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/classify", "/api/answer"):
+        status, _, raw = call(server, "POST", path, deep)
+        assert status == 400 and "nests deeper than" in json.loads(raw)["error"]
+    nested = json.dumps({"id": upload, "question": "is it normal?", "x": [[[[[[[[[[1]]]]]]]]]]}).encode()
+    assert call(server, "POST", "/api/answer", nested)[0] == 400
+    for path, body in (("/api/answer", {"id": upload, "question": "\ud800 is it normal?"}),
+                       ("/api/classify", {"id": upload, "report": "effusion \udfff"}),
+                       ("/api/explain", {"id": upload, "text": "\ud800"}),
+                       ("/api/classify", {"id": upload, "\ud800": 1})):
+        raw_body = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as \ud800
+        status, _, raw = call(server, "POST", path, raw_body)
+        assert status == 400 and "surrogate" in json.loads(raw)["error"], (path, raw)
+    status, _, raw = call(server, "POST", "/api/answer", {"id": upload, "question": "normal?", "questoin": "x"})
+    assert status == 400 and "unknown field 'questoin'" in json.loads(raw)["error"]
+    # brackets inside strings are text, not nesting
+    status, _, raw = call(server, "POST", "/api/answer", {"id": upload, "question": "[[[[[[[[[[[[ normal?"})
+    assert status == 200, raw
+
+
+ENDPOINTS = {"/api/classify": ("id", "report"), "/api/generate": ("id",), "/api/explain": ("id", "text", "task"),
+             "/api/overlay": ("id", "text", "word", "layer", "task"), "/api/answer": ("id", "question"),
+             "/api/similar": ("id", "k")}
+
+
+def test_fuzzed_requests_never_get_a_server_error(server, sample):
+    """Random bodies (random bytes, random JSON, objects with each endpoint's own keys and
+    random values) on every endpoint: 4xx or 200, never 5xx.  Bounded: 40 examples each."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    status, _, body = call(server, "POST", "/api/upload", sample.read_bytes(), {"X-Filename": "f.png"})
+    upload = json.loads(body)["id"]
+    scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+               | st.text(max_size=40) | st.sampled_from(["\ud800", "effusion \udfff", "[" * 50]))
+    values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                                                              max_size=3), max_leaves=8)
+    for path, keys in ENDPOINTS.items():
+        fields = st.fixed_dictionaries({}, optional={k: (st.just(upload) if k == "id" else st.nothing()) | values
+                                                     for k in keys})
+        bodies = (st.binary(max_size=200) | values.map(lambda v: json.dumps(v).encode())
+                  | fields.map(lambda v: json.dumps(v).encode()))
+
+        @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(body=bodies, path=st.just(path))
+        def check(body, path):
+            status, _, raw = call(server, "POST", path, body)
+            assert status < 500, (path, body[:200], raw[:300])
+
+        check()

@@ -80,14 +80,68 @@ async def _read_body(request: Request, limit: int, too_large: Callable[[int | No
     return bytes(body)
 
 
-async def _json(request: Request) -> dict[str, Any]:
+#: the deepest JSON nesting a request may have (the API's bodies are flat objects)
+MAX_JSON_DEPTH = 8
+
+
+def _json_depth_ok(body: bytes, limit: int) -> bool:
+    """Whether ``body``'s arrays and objects nest at most ``limit`` deep, counted in one pass
+    without parsing (brackets inside strings do not count), so a body nested 100,000 deep is
+    refused before the parser recurses into it."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return True
+
+
+def _check_strings(value: Any, path: str = "body") -> None:
+    """Every string (and key) is valid Unicode text: a lone surrogate (``"\\ud800"``) passes
+    JSON but not the tokenizer or any encoder."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(400, f"{path} holds an invalid character (a lone UTF-16 surrogate)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, path)
+            _check_strings(v, f"{k!r}")
+    elif isinstance(value, list):
+        for v in value:
+            _check_strings(v, path)
+
+
+async def _json(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object, checked against the endpoint's ``fields`` (its schema: an
+    unknown key is a 400 naming it; each field's type is checked by :func:`_field`)."""
     body = await _read_body(request, MAX_JSON_BYTES, lambda n: f"request body over {MAX_JSON_BYTES // 1024} KB")
+    if not _json_depth_ok(body, MAX_JSON_DEPTH):
+        raise UserError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(400, "the request body must be a JSON object")
+    _check_strings(data)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(400, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                             f"this endpoint takes {', '.join(fields)}")
     return data
 
 
@@ -146,29 +200,29 @@ def create_app(service: DemoService) -> Starlette:
         return await run(service.add_upload, body, name)
 
     async def classify(request: Request) -> Any:
-        d = await _json(request)
+        d = await _json(request, ("id", "report"))
         return await run(service.classify, _field(d, "id", kind=str), _field(d, "report", None, str))
 
     async def generate(request: Request) -> Any:
-        d = await _json(request)
+        d = await _json(request, ("id",))
         return await run(service.generate, _field(d, "id", kind=str))
 
     async def explain(request: Request) -> Any:
-        d = await _json(request)
+        d = await _json(request, ("id", "text", "task"))
         return await run(service.explain, _field(d, "id", kind=str), _field(d, "text", kind=str),
                          _field(d, "task", None, str))
 
     async def overlay(request: Request) -> Any:
-        d = await _json(request)
+        d = await _json(request, ("id", "text", "word", "layer", "task"))
         return await run(service.overlay, _field(d, "id", kind=str), _field(d, "text", kind=str),
                          _field(d, "word", kind=int), _field(d, "layer", None, int), _field(d, "task", None, str))
 
     async def answer(request: Request) -> Any:
-        d = await _json(request)
+        d = await _json(request, ("id", "question"))
         return await run(service.answer, _field(d, "id", kind=str), _field(d, "question", kind=str))
 
     async def similar(request: Request) -> Any:
-        d = await _json(request)
+        d = await _json(request, ("id", "k"))
         return await run(service.similar, _field(d, "id", kind=str), _field(d, "k", 5, int))
 
     @asynccontextmanager
