@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,66 @@ def test_safe_names_are_unique_and_safe():
     assert len({n.lower() for n in names}) == len(ids)
     assert all(n and "/" not in n and " " not in n and len(n) <= 100 and not n.startswith(".") for n in names)
     assert names == safe_names(ids)  # deterministic
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_do_not_outlive_a_killed_prepare(tmp_path):
+    """SIGKILL of `medvill prepare --workers 2` mid-run: its workers (and multiprocessing's
+    resource tracker) exit within seconds instead of working on, reparented to PID 1."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import os
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 255, (1024, 1024), dtype=np.uint8)
+    Image.fromarray(noise, mode="L").save(root / "images" / "x-0.png")  # slow to decode: work for minutes
+    rows = []
+    for i in range(2000):
+        if i:
+            os.link(root / "images" / "x-0.png", root / "images" / f"x-{i}.png")
+        rows.append(json.dumps({"id": f"x-{i}", "image": f"images/x-{i}.png", "text": "Clear lungs.", "split": "train"}))
+    (root / "all.jsonl").write_text("\n".join(rows) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "medvill", "prepare", "--dataset", "jsonl",
+                             "--root", str(root / "all.jsonl"),
+                             "--image-size", "224", "--workers", "2", "--output", str(tmp_path / "cache")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(kids := _children(proc.pid)) < 3:  # 2 workers + the resource tracker
+            assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the workers are busy now
+        assert proc.poll() is None, "prepare finished before it could be killed: give it more work"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)], "worker processes survived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

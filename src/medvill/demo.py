@@ -33,6 +33,7 @@ from .figures import demo_figures
 from .finetune import TASKS, run_evaluation, run_finetuning
 from .modeling.baselines import BASELINE_TASKS
 from .pipeline import load_split, load_vqa_split, run_pretraining
+from .workers import init_worker
 
 ALL_MASKS = ("bar", "s2s", "bi", "bi_s2s", "non_crossing")
 
@@ -197,7 +198,7 @@ class _Runner:
         if self.workers > 1:
             threads = max(1, _cpus() // self.workers)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(threads,))
+                                            initializer=init_worker, initargs=(threads,))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,12 +216,6 @@ class _Runner:
             done[name] = future.result()
             self.console.print(f"  {name}: done")
         return {name: done[name] for name in jobs}
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _pretrain_job(cfg: RunConfig, out: Path, console: Console | None = None) -> tuple[list, list, float]:

@@ -44,7 +44,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -57,6 +56,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS, labels_to_vector
+from ..workers import init_worker
 from .records import Record
 from .transforms import PREPARED_KEY, Preprocess, to_uint8, warn_once
 
@@ -211,8 +211,6 @@ def _process_chunk(chunk: list[tuple[int, str, str]], preprocess: Preprocess, im
     return out
 
 
-def _ignore_sigint() -> None:  # workers: Ctrl-C is handled by the parent, which stops the pool
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ============================================================================================
@@ -380,8 +378,9 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
                 collect(_process_chunk(chunk, preprocess, str(images), policy))
         else:
             ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent (torch, rich)
+            # workers: Ctrl-C is handled by the parent, which stops the pool; a killed parent ends them
             pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx,
-                                          initializer=_ignore_sigint)
+                                          initializer=init_worker, initargs=(None, True))
             try:
                 futures = [pool.submit(_process_chunk, c, preprocess, str(images), policy) for c in chunks]
                 for fut in cf.as_completed(futures):
