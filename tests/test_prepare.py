@@ -222,3 +222,27 @@ def test_workers_do_not_outlive_a_killed_prepare(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_prepare_reports_the_rows_the_loader_skipped(tmp_path):
+    from typer.testing import CliRunner
+
+    from medvill.cli import app
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.full((40, 40), 60 * i, dtype=np.uint8), mode="L").save(root / "images" / f"p{i}.png")
+        rows.append(json.dumps({"id": f"p{i}", "image": f"images/p{i}.png", "text": "Clear lungs.", "split": "train"}))
+    rows.append(json.dumps({"id": "gone", "image": "images/gone.png", "text": "Clear.", "split": "train"}))
+    rows.append(json.dumps({"id": "empty", "image": "images/p0.png", "text": " ", "split": "train"}))
+    rows.append("{broken")
+    (root / "all.jsonl").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(app, ["prepare", "--dataset", "jsonl", "--root", str(root / "all.jsonl"),
+                                      "--image-size", "32", "--workers", "1", "--output", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "3 rows skipped by the loader" in " ".join(result.output.split())
+    info = json.loads((tmp_path / "cache" / "prepare.json").read_text())
+    assert info["counts"]["written"] == 4 and info["loader_skipped"]["total"] == 3
+    assert info["loader_skipped"]["reasons"]["empty report"] == 1 and len(info["loader_skipped"]["first"]) == 3

@@ -213,3 +213,30 @@ def test_demo_results_do_not_depend_on_the_number_of_worker_processes(tmp_path, 
     assert tables[0] == tables[1] and set(tables[0]) == {"classification", "retrieval", "vqa", "generation"}
     with pytest.raises(ValueError, match="workers"):
         demo.run_demo(load_config("tiny", None, []), tmp_path / "w0", workers=0)
+
+
+def test_unreadable_images_are_checked_before_the_first_step(synthetic_root, tmp_path):
+    """A zero-byte, a truncated and a text-named-.png image: skipped and counted under
+    data.policy=skip (the run trains and writes its model), named before any step under error."""
+    import shutil
+
+    from medvill.data.common import DataError
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    rows = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    images = [root / r["image"] for r in rows[:3]]
+    images[0].write_bytes(b"")
+    images[1].write_bytes(images[1].read_bytes()[:60])
+    images[2].write_text("this is not an image")
+    cfg = load_config("tiny", None, [f"data.root={root}", "train.max_steps=2", "train.progress=false"])
+    n_all = len(rows)
+    kept = load_split(cfg, "train")
+    assert len(kept) == n_all - 3 and not {r.image for r in kept} & set(images)
+    run = run_pretraining(cfg, tmp_path / "skip")
+    assert run.num_train == n_all - 3 and (tmp_path / "skip" / "model.safetensors").is_file()
+    strict = load_config("tiny", None, [f"data.root={root}", "train.max_steps=2", "train.progress=false",
+                                        "data.policy=error"])
+    with pytest.raises(DataError, match=r"3 unreadable images in the train split, e\.g\. .*\.png"):
+        run_pretraining(strict, tmp_path / "strict")
+    assert not (tmp_path / "strict").exists()

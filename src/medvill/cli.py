@@ -210,6 +210,7 @@ def prepare(
 ) -> None:
     """Crop, resize and cache a data set's images once; training then reads the cache (--root CACHE)."""
     from .data.prepare import prepare_cache
+    from .data.records import SkipReport
     from .data.registry import SPLITS, load_records
     from .data.transforms import Preprocess
 
@@ -218,10 +219,12 @@ def prepare(
         if dataset == "vqa_rad":
             raise ValueError("prepare reads image-report data sets (synthetic, mimic, openi, jsonl); VQA-RAD's "
                              "315 images are read directly")
+        skips = SkipReport(f"{dataset} at {root}")
         records = [r for split in SPLITS for r in load_records(dataset, root, split, image_size=image_size,
-                                                                  policy=policy)]
+                                                                  policy=policy, skips=skips)]
         summary = prepare_cache(records, output, Preprocess(image_size=image_size, crop_margins=crop, window=window),
-                                workers=workers, policy=policy, overwrite=overwrite, source=f"{dataset} at {root}")
+                                workers=workers, policy=policy, overwrite=overwrite, source=f"{dataset} at {root}",
+                                loader_skips=skips)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     console.print(summary.describe())

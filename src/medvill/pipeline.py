@@ -29,19 +29,61 @@ RUN_CONFIG_NAME = "run_config.yaml"
 
 
 def load_split(cfg: RunConfig, split: str) -> list[Record]:
+    """The records of a split whose images can be read (:func:`readable`)."""
     d = cfg.data
-    return load_records(d.dataset, d.root, split, image_size=cfg.model.image_size, synthetic_n=d.synthetic_n,
-                        synthetic_seed=d.synthetic_seed, policy=d.policy, section=d.section)
+    records = load_records(d.dataset, d.root, split, image_size=cfg.model.image_size, synthetic_n=d.synthetic_n,
+                           synthetic_seed=d.synthetic_seed, policy=d.policy, section=d.section)
+    return readable(records, cfg, split)
 
 
 def load_vqa_split(cfg: RunConfig, split: str) -> list:
-    """The VQA items (:class:`~medvill.data.vqa_rad.VQAItem`) of a split of the run's data set."""
+    """The VQA items (:class:`~medvill.data.vqa_rad.VQAItem`) of a split of the run's data set
+    whose images can be read (:func:`readable`)."""
     from .data.registry import load_vqa
 
     d = cfg.data
-    return load_vqa(d.dataset, d.root, split, organ=d.vqa_organ, image_size=cfg.model.image_size,
-                    synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy,
-                    validate_by=d.vqa_validate_by)
+    items = load_vqa(d.dataset, d.root, split, organ=d.vqa_organ, image_size=cfg.model.image_size,
+                     synthetic_n=d.synthetic_n, synthetic_seed=d.synthetic_seed, policy=d.policy,
+                     validate_by=d.vqa_validate_by)
+    return readable(items, cfg, split)
+
+
+def readable(items: list, cfg: RunConfig, split: str) -> list:
+    """Check every image of ``items`` before any training step: each is decoded and
+    preprocessed once (into the in-memory pixel cache, which the first epoch then reads, so
+    the check costs nothing where the images fit in it).  An unreadable image (zero bytes,
+    truncated, not an image, a decompression bomb) is a bad row: ``data.policy=skip`` drops its
+    items and logs the count with an example; ``error`` stops the run before it starts, naming
+    the file.  Images of a ``medvill prepare`` cache were checked by prepare and are not
+    checked again."""
+    from .data.common import DataError
+    from .data.registry import is_prepared
+    from .data.transforms import PIXEL_CACHE, Preprocess
+
+    if not items or is_prepared(cfg.data.root):
+        return items
+    pre = Preprocess(image_size=cfg.model.image_size)
+    bad: dict[Path, str] = {}
+    seen: set[Path] = set()
+    for item in items:
+        path = Path(item.image)
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            PIXEL_CACHE.get(path, pre)
+        except (OSError, ValueError) as exc:
+            bad[path] = str(exc)
+    if not bad:
+        return items
+    first, reason = next(iter(bad.items()))
+    if cfg.data.policy == "error":
+        raise DataError(f"{len(bad)} unreadable image{'s' if len(bad) > 1 else ''} in the {split} split, "
+                        f"e.g. {reason}; fix or remove {'them' if len(bad) > 1 else 'it'}, or set data.policy=skip")
+    kept = [it for it in items if Path(it.image) not in bad]
+    log.warning("%s split: skipped %d item(s) of %d unreadable image(s), e.g. %s", split, len(items) - len(kept),
+                len(bad), reason)
+    return kept
 
 
 def build_tokenizer(cfg: RunConfig, texts: list[str], bert_dir: Path | None = None) -> MedTokenizer:

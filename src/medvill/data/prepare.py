@@ -57,7 +57,7 @@ from PIL import Image, PngImagePlugin
 
 from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS, labels_to_vector
 from ..workers import init_worker
-from .records import Record
+from .records import Record, SkipReport
 from .transforms import PREPARED_KEY, Preprocess, to_uint8, warn_once
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,16 @@ class PrepareSummary:
     images_per_second: float = 0.0
     warned: list[tuple[str, str]] = field(default_factory=list)
     output: Path | None = None
+    #: rows the data set's loader left out before any image was read (bad CSV/JSON rows,
+    #: missing images, empty reports, ...), by reason
+    loader_skipped: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
         s = (f"{self.n_total} records -> {self.output}: {self.n_written} written, {self.n_reused} reused, "
              f"{self.n_skipped} skipped in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)")
+        if self.loader_skipped:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.loader_skipped.items(), key=lambda kv: -kv[1]))
+            s += f"; {sum(self.loader_skipped.values())} rows skipped by the loader ({reasons})"
         if self.warned:
             s += f"; {len(self.warned)} images with intensity warnings"
         return s
@@ -305,7 +311,7 @@ def _progress(enabled: bool):
 def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Preprocess | None = None, *,
                   workers: int | None = None, policy: str = "skip", progress: bool = True,
                   overwrite: bool = False, source: str | None = None,
-                  chunksize: int | None = None) -> PrepareSummary:
+                  chunksize: int | None = None, loader_skips: SkipReport | None = None) -> PrepareSummary:
     """Preprocess every record's image once into ``output`` (layout, naming and resume rules in
     the module docstring) and return a :class:`PrepareSummary`.
 
@@ -413,6 +419,7 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
         output=output, n_total=len(records), n_written=counts["written"], n_reused=counts["reused"],
         n_skipped=counts["skipped"], skipped=skipped, seconds=seconds,
         images_per_second=counts["written"] / seconds if counts["written"] and seconds > 0 else 0.0, warned=warned,
+        loader_skipped=dict(loader_skips.counts) if loader_skips is not None else {},
     )
     info.update({
         "status": "complete", "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -420,6 +427,9 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
                    "skipped": summary.n_skipped, "in_manifest": len(rows), "warned": len(warned)},
         "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
         "skipped": [{"id": rid, "reason": reason} for rid, reason in skipped],
+        "loader_skipped": {"total": loader_skips.total if loader_skips is not None else 0,
+                           "reasons": summary.loader_skipped,
+                           "first": list(loader_skips.examples) if loader_skips is not None else []},
         "seconds": round(seconds, 3),
     })
     _write_json_atomic(output / INFO, info)

@@ -43,8 +43,13 @@ class SkipReport:
     source: str
     counts: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    #: (where, reason) already counted: a row met again (a file read once per split) counts once
+    _seen: set = field(default_factory=set, repr=False, compare=False)
 
     def add(self, reason: str, where: str) -> None:
+        if (where, reason) in self._seen:
+            return
+        self._seen.add((where, reason))
         self.counts[reason] += 1
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {reason}")

@@ -62,8 +62,9 @@ def _check(dataset: str, split: str) -> None:
 
 def load_records(dataset: str, root: str | Path | None, split: str, *, image_size: int = 128,
                  synthetic_n: int = 2000, synthetic_seed: int = 0, policy: str = "skip",
-                 section: str = "longer") -> list[Record]:
-    """Image-report records of one split of a data set (see the module docstring)."""
+                 section: str = "longer", skips: SkipReport | None = None) -> list[Record]:
+    """Image-report records of one split of a data set (see the module docstring).  ``skips``:
+    a report to count the bad rows in (shared across calls, e.g. by ``medvill prepare``)."""
     _check(dataset, split)
     if is_prepared(root):
         from .prepare import load_prepared
@@ -74,10 +75,10 @@ def load_records(dataset: str, root: str | Path | None, split: str, *, image_siz
         path = base / f"{split}.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {base} a medvill synthetic data folder (medvill synth)?")
-        return read_jsonl_records(path, split=split, skips=SkipReport(str(path)))
+        return read_jsonl_records(path, split=split, skips=skips if skips is not None else SkipReport(str(path)))
     if root is None:
         raise ValueError(f"--dataset {dataset} needs --root: the folder of your copy of the data set")
-    skips = SkipReport(f"{dataset} {split} at {root}")
+    skips = skips if skips is not None else SkipReport(f"{dataset} {split} at {root}")
     if dataset == "mimic":
         from .mimic_cxr import load_mimic_cxr
 
