@@ -70,6 +70,7 @@ def test_commands_report_a_damaged_checkpoint_by_name(tiny_demo_dir, synthetic_r
          "--output", str(tmp_path / "ev")],
         ["finetune", "vqa", "--init", str(vqa), "--root", str(synthetic_root), "--preset", "tiny", "--max-steps", "1",
          "--output", str(tmp_path / "ft")],
+        ["serve", "--checkpoint", str(vqa), "--port", "1"],  # fails while loading, before any port is opened
     ]
     for command in commands:
         result = CliRunner().invoke(app, command)
