@@ -256,7 +256,7 @@ def demo(
     n: Annotated[int | None, typer.Option("--n", help="synthetic pairs (default: the preset's)")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples of the test split")] = 30,
     full: Annotated[bool, typer.Option("--full", help="every mask scheme and the CNN&Transformer and TieNet "
-                                                      "baselines (the paper's whole comparison; about 1 hour)")] = False,
+                                                      "baselines (the paper's whole comparison; about 50 minutes on 2 cores)")] = False,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="models trained at once, each in its "
                                                 "own process (default: one per CPU, at most 4)")] = None,
     set_: SetOpt = None,
