@@ -282,7 +282,7 @@ def test_cnn_transformer_text_side_starts_from_a_bert_checkpoint(synthetic_root,
     from medvill.modeling.bert_init import resolve_bert_dir
 
     out = tmp_path / "ct-bert"
-    cfg = cfg_for(synthetic_root, 1, "init_text=minilm", "train.lr=0.0", "train.batch_size=4")
+    cfg = cfg_for(synthetic_root, 0, "init_text=minilm", "train.batch_size=4")  # 0 steps: the initial model
     run_finetuning("classification", cfg, "cnn-transformer", out)
     model = MedViLLForClassification.from_pretrained(out)
     ref = load_file(str(resolve_bert_dir("minilm") / "model.safetensors"))
