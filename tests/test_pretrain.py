@@ -240,3 +240,23 @@ def test_unreadable_images_are_checked_before_the_first_step(synthetic_root, tmp
     with pytest.raises(DataError, match=r"3 unreadable images in the train split, e\.g\. .*\.png"):
         run_pretraining(strict, tmp_path / "strict")
     assert not (tmp_path / "strict").exists()
+
+
+def _die(console=None):
+    import os
+
+    os._exit(3)
+
+
+def _fine(x, console=None):
+    return x * 2
+
+
+def test_a_demo_worker_that_dies_is_a_named_error():
+    from rich.console import Console
+
+    from medvill.demo import WorkerDiedError, _Runner
+
+    with pytest.raises(WorkerDiedError, match="died .* while training .*classification-FT-only"):
+        with _Runner(2, Console(quiet=True)) as runner:
+            runner.run({"classification-FT-only": (_die,), "other": (_fine, 1)})

@@ -262,7 +262,7 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline on synthetic data: pre-train (BAR), fine-tune the 4 tasks from it and from scratch, tables."""
-    from .demo import run_demo
+    from .demo import WorkerDiedError, run_demo
 
     _setup_logging()
     try:
@@ -271,8 +271,11 @@ def demo(
         raise _fail(exc) from None
     os.environ.setdefault("MEDVILL_CACHE", str(output / "cache"))
     output.mkdir(parents=True, exist_ok=True)
-    result = run_demo(cfg, output, full=full, n_bootstrap=bootstrap, pretrain_steps=max_steps, console=console,
-                      workers=workers)
+    try:
+        result = run_demo(cfg, output, full=full, n_bootstrap=bootstrap, pretrain_steps=max_steps, console=console,
+                          workers=workers)
+    except (ConfigError, FileNotFoundError, ValueError, WorkerDiedError) as exc:
+        raise _fail(exc) from None
     for mask, hist in result.pretrain.items():
         console.print(f"[bold]pre-training {mask}[/bold]")
         _print_losses(hist)

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,10 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+class WorkerDiedError(RuntimeError):
+    """A demo worker process ended without finishing its model (killed, out of memory)."""
+
+
 class _Runner:
     """Runs named jobs ``(fn, *args)`` in this process (one worker) or in a pool of spawned
     worker processes, each on an equal share of the CPUs; ``run`` returns the results in the
@@ -213,7 +218,12 @@ class _Runner:
         done: dict[str, Any] = {}
         for future in as_completed(futures.values()):
             name = next(n for n, f in futures.items() if f is future)
-            done[name] = future.result()
+            try:
+                done[name] = future.result()
+            except BrokenProcessPool:
+                unfinished = ", ".join(n for n in jobs if n not in done)
+                raise WorkerDiedError(f"a worker process died (killed, or out of memory?) while training {unfinished}; "
+                                      "run the demo again, with --workers 1 to train one model at a time") from None
             self.console.print(f"  {name}: done")
         return {name: done[name] for name in jobs}
 
