@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import enum
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .fileio import not_utf8
 
 
 class ConfigError(ValueError):
@@ -502,7 +504,7 @@ def load_config(
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+            raise ConfigError(not_utf8(path, exc)) from None
         except DuplicateKeyError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:

@@ -37,3 +37,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def not_utf8(path: str | Path, exc: UnicodeDecodeError) -> str:
+    """The message for a file that is not UTF-8 text: ``"PATH: not UTF-8 text (byte 0xe9 at offset 11)"``."""
+    return f"{path}: not UTF-8 text ({bad_byte(exc)})"
+
+
+def bad_byte(exc: UnicodeDecodeError) -> str:
+    """Where decoding failed: ``"byte 0xe9 at offset 11"``."""
+    return f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"

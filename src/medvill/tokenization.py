@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from .fileio import not_utf8
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_NAME = "tokenizer.json"
@@ -83,8 +85,7 @@ class MedTokenizer:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise TokenizerFileError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                                     f"{exc.start})") from None
+            raise TokenizerFileError(not_utf8(path, exc)) from None
         for i, line in enumerate(text.splitlines()):
             token = line.rstrip("\n")
             if token in vocab:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fileio import bad_byte
 from .common import DataError, RowPolicy, check_choice, check_split, clean_text, hash_unit, natural_key
 from .records import SkipReport
 
@@ -102,7 +103,7 @@ def _read_json_list(path: Path) -> list[Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8 text") from None
+        raise DataError(f"{path}: {bad_byte(exc)} is not UTF-8 text") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
     return data

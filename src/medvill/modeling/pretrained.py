@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ConfigError, ModelConfig, dataclass_from_dict
-from ..fileio import atomic_write_text, umask_mode
+from ..fileio import atomic_write_text, not_utf8, umask_mode
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -151,7 +151,7 @@ def read_json_file(path: str | Path, expect: type = dict) -> Any:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+        raise ConfigError(not_utf8(path, exc)) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, expect):
