@@ -203,6 +203,30 @@ def test_clinical_efficacy_variants_by_hand():
     assert m["ce_f1_micro_5"] == pytest.approx(0.5)
 
 
+def test_finetune_backbone_lr_is_the_cnn_rate_while_fine_tuning(tiny_demo_dir, synthetic_root, tmp_path):
+    """``finetune.backbone_lr`` reaches the optimizer: at 0 the pre-trained CNN's convolutions
+    stay exactly as pre-trained while the rest of the model trains; the saved run config says
+    which rate trained it."""
+    from safetensors.torch import load_file
+
+    import yaml
+
+    init = tiny_demo_dir / "pretrain-bar"
+    cfg = tiny(synthetic_root, 3, "train.lr=1e-2", "train.backbone_lr=1e-2", "train.warmup_steps=0",
+               "finetune.backbone_lr=0")
+    out = tmp_path / "vqa"
+    run_finetuning("vqa", cfg, str(init), out)
+    before, after = load_file(init / "model.safetensors"), load_file(out / "model.safetensors")
+    convs = [k for k in after if ".visual.trunk." in f".{k}" and k.endswith("weight") and after[k].ndim == 4]
+    assert convs and all(torch.equal(after[k], before[k]) for k in convs)
+    shared = [k for k in after if k in before and ".visual." not in f".{k}" and "embeddings.word" in k]
+    assert shared and not all(torch.equal(after[k], before[k]) for k in shared)  # the transformer moved
+    saved = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert saved["train"]["backbone_lr"] == 0 and saved["finetune"]["backbone_lr"] == 0
+    with pytest.raises(ConfigError, match="finetune.backbone_lr"):
+        load_config("tiny", None, ["finetune.backbone_lr=-1"])
+
+
 # ----------------------------------------------------------------------------- VQA
 
 

@@ -165,6 +165,8 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         fresh = init_from_pretraining(model, read_weights(init))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
+    if cfg.finetune.backbone_lr is not None:  # the CNN's own rate while fine-tuning (FinetuneConfig)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, backbone_lr=cfg.finetune.backbone_lr))
     if isinstance(task, TieNetGenerationTask):
         # TieNet's joint objective needs the observations too: the classification batches
         train_loader = _loader(_dataset(task, train_records, tokenizer, mcfg), cfg, tokenizer, train=True)
