@@ -8,6 +8,13 @@ against it: a gap means the way the CNN is trained inside MedViLL, not the resol
 image reading.
 
     python scripts/image_probe.py --image-size 64 --steps 2000
+
+``--checkpoint DIR`` instead measures the CNN inside a medvill checkpoint (pre-trained or
+fine-tuned), frozen: a logistic regression per label on its mean-pooled features of the training
+split, scored on validation (a linear probe; the demo's pre-trained BAR model: 0.945 with the
+contrastive temperature 0.1, 0.952 with 0.05; a random CNN 0.833).
+
+    python scripts/image_probe.py --checkpoint demo-output/pretrain-bar
 """
 
 from __future__ import annotations
@@ -35,6 +42,35 @@ def split_tensors(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+def linear_probe(checkpoint: str, cfg, splits) -> None:
+    from safetensors.torch import load_file
+    from sklearn.linear_model import LogisticRegression
+
+    from medvill.modeling.pretrained import checkpoint_model_config
+
+    mcfg = checkpoint_model_config(checkpoint)
+    if mcfg.backbone != "small_cnn":
+        raise SystemExit(f"{checkpoint}: --checkpoint probes the small_cnn backbone, this one is {mcfg.backbone}")
+    state = load_file(f"{checkpoint}/model.safetensors")
+    prefix = next(k for k in state if k.endswith("trunk.body.0.weight"))[: -len("body.0.weight")]
+    cnn = SmallCNN(mcfg.small_cnn_channels)
+    cnn.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    cnn.eval()
+    (x_train, y_train), (x_val, y_val) = splits
+    with torch.no_grad():
+        f_train, f_val = (torch.cat([cnn(x[i:i + 256]).mean((2, 3)) for i in range(0, len(x), 256)]).numpy()
+                          for x in (x_train, x_val))
+    mean, std = f_train.mean(0), f_train.std(0) + 1e-6
+    f_train, f_val = (f_train - mean) / std, (f_val - mean) / std
+    y_train, y_val = y_train.numpy().astype(int), y_val.numpy().astype(int)
+    probs = np.zeros(y_val.shape)
+    for j in range(y_train.shape[1]):
+        if y_train[:, j].min() != y_train[:, j].max():
+            probs[:, j] = LogisticRegression(max_iter=2000).fit(f_train, y_train[:, j]).predict_proba(f_val)[:, 1]
+    print(f"{checkpoint}: linear probe of the pooled CNN features, validation micro AUROC "
+          f"{roc_auc_score(y_val.ravel(), probs.ravel()):.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image-size", type=int, default=64)
@@ -42,6 +78,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", help="linear probe of this checkpoint's frozen CNN instead of training one")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cfg = preset_config("small")
@@ -49,6 +86,9 @@ def main() -> None:
     cfg.data.root = str(synthetic_root(cfg.data.synthetic_n, args.image_size, cfg.data.synthetic_seed))
     x_train, y_train = split_tensors(cfg, "train")
     x_val, y_val = split_tensors(cfg, "validate")
+    if args.checkpoint:
+        linear_probe(args.checkpoint, cfg, ((x_train, y_train), (x_val, y_val)))
+        return
     cnn = SmallCNN(cfg.model.small_cnn_channels)
     head = nn.Linear(cnn.out_channels, y_train.shape[1])
     params = [*cnn.parameters(), *head.parameters()]
