@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
 from medvill.config import ConfigError, MaskScheme, load_config
@@ -18,7 +19,7 @@ from medvill.data.collate import MLMSpec
 from medvill.finetune import read_thresholds, run_evaluation, run_finetuning
 from medvill.generation import GenerationConfig, generate, reference_nll
 from medvill.inference import Pipeline
-from medvill.metrics.classification import classification_metrics, select_thresholds
+from medvill.metrics.classification import classification_metrics, select_micro_threshold, select_thresholds
 from medvill.metrics.generation import clinical_efficacy
 from medvill.modeling.heads import MedViLLForPretraining
 from medvill.modeling.masks import pseudo_mask_attention
@@ -130,6 +131,33 @@ def test_thresholds_are_chosen_on_validation_to_maximise_f1():
     assert select_thresholds(np.zeros((3, 1)), np.ones((3, 1)) * 0.7)[0] == 0.5  # no positive: the default
 
 
+def test_micro_f1_uses_the_shared_threshold_that_maximises_micro_f1():
+    """Per-label thresholds maximise each label's F1 (macro), not the pooled micro F1: here a
+    weak label's best threshold is low and its false positives cost micro F1.  The shared
+    threshold is the best of every possible one, and ``f1_micro_val_thr`` uses it."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((200, 2), dtype=int)
+    y[:100, 0] = 1  # a well-read label
+    y[rng.choice(200, 60, replace=False), 1] = 1  # a label the model barely reads
+    p = np.empty((200, 2))
+    p[:, 0] = np.where(y[:, 0] == 1, rng.uniform(0.6, 1.0, 200), rng.uniform(0.0, 0.4, 200))
+    p[:, 1] = 0.05 * y[:, 1] + rng.uniform(0.0, 0.4, 200)  # its best F1: call nearly everything positive
+
+    def micro(t):
+        return f1_score(y.ravel(), (p >= np.broadcast_to(t, (2,))[None, :]).astype(int).ravel())
+
+    per_label, shared = select_thresholds(y, p), select_micro_threshold(y, p)
+    grid = np.unique(p)
+    assert micro(shared) == pytest.approx(max(micro(g) for g in grid))
+    assert micro(shared) > micro(per_label)  # the case the shared threshold exists for
+    m = classification_metrics(y, p, names=("a", "b"), thresholds=per_label, micro_threshold=shared)
+    assert m["f1_micro_val_thr"] == pytest.approx(micro(shared))
+    assert m["f1_macro_val_thr"] == pytest.approx(f1_score(y, (p >= per_label[None, :]).astype(int), average="macro"))
+    assert classification_metrics(y, p, names=("a", "b"), thresholds=per_label)["f1_micro_val_thr"] == pytest.approx(
+        micro(per_label))  # older checkpoints without the shared threshold
+    assert select_micro_threshold(np.zeros((3, 2)), p[:3]) == 0.5  # no positive: the default
+
+
 def test_classification_image_only_training_thresholds_and_metrics(synthetic_root, tmp_path):
     cfg = tiny(synthetic_root, 8, "train.eval_every=4", "finetune.image_only_prob=0.5")
     out = tmp_path / "cls"
@@ -137,7 +165,8 @@ def test_classification_image_only_training_thresholds_and_metrics(synthetic_roo
     evaluations = run.result.selection["evaluations"]
     assert {"auroc_micro", "image_only_auroc_micro", "image_only_f1_micro"} <= set(evaluations[-1])
     thresholds = read_thresholds(out)
-    assert set(thresholds) == {"image_report", "image_only"} and thresholds["image_only"].shape == (14,)
+    assert set(thresholds) == {"image_report", "image_only", "image_report_micro", "image_only_micro"}
+    assert thresholds["image_only"].shape == (14,) and thresholds["image_only_micro"].shape == ()
     # the saved thresholds are those of the saved (selected) model on the validation split
     from medvill.finetune import _dataset, _loader, _task
     from medvill.modeling.heads import MedViLLForClassification
@@ -149,6 +178,7 @@ def test_classification_image_only_training_thresholds_and_metrics(synthetic_roo
     val = load_split(cfg, "validate")
     probs, targets = task.predict(model, _loader(_dataset(task, val, tok, model.config), cfg, tok, train=False))
     assert np.allclose(thresholds["image_report"], select_thresholds(targets, probs))
+    assert thresholds["image_report_micro"] == pytest.approx(select_micro_threshold(targets, probs))
     metrics = run_evaluation("classification", out, cfg, split="test", n_bootstrap=3)
     for name in ("auroc_micro", "f1_micro_val_thr", "image_only_auroc_micro", "image_only_f1_micro_val_thr"):
         assert metrics[name]["n"] == 3

@@ -291,7 +291,8 @@ def _write_results(output: Path, result: DemoResult, samples: dict[str, Any], cf
     md.append(f"- fine-tuning steps: {steps}; generation objective: {cfg.finetune.generation_objective}; "
               f"classification trains {cfg.finetune.image_only_prob:.0%} of its examples with an empty report "
               "(the `image_only_*` columns score the image alone).")
-    md.append("- F1 `val_thr`: per-label thresholds chosen on the validation split; plain `f1_micro` thresholds at 0.5.")
+    md.append("- F1 `val_thr`: thresholds chosen on the validation split, each F1 at its own (micro F1: one threshold "
+              "shared by the labels; macro F1: one per label); plain `f1_micro` thresholds at 0.5.")
     md += ["", "## Pre-training (validation curve)", ""]
     md.append("| mask | step | mlm_acc | irm_auroc | itc_acc |")
     md.append("|---|---|---|---|---|")

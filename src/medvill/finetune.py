@@ -39,7 +39,7 @@ from .modeling.baselines import BASELINE_NAMES, BASELINE_TASKS, TieNet
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
 from .modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_checkpoint_config, read_weights
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, data_loader, load_split, load_vqa_split, model_config_for
-from .metrics.classification import select_thresholds
+from .metrics.classification import select_micro_threshold, select_thresholds
 from .tasks.classification import THRESHOLDS_FILE, ClassificationTask, binary_targets
 from .data.collate import MLMSpec
 from .data.prepare import INPUT_INFO, training_input_settings
@@ -112,7 +112,9 @@ def _validate_classification(task: ClassificationTask, model: torch.nn.Module, l
     metrics = task.metrics(probs, targets)
     metrics.update({f"image_only_{k}": v for k, v in task.metrics(io_probs, targets).items() if "/" not in k})
     thresholds = {"image_report": select_thresholds(targets, probs).tolist(),
-                  "image_only": select_thresholds(targets, io_probs).tolist()}
+                  "image_only": select_thresholds(targets, io_probs).tolist(),
+                  "image_report_micro": select_micro_threshold(targets, probs),
+                  "image_only_micro": select_micro_threshold(targets, io_probs)}
     return metrics, thresholds
 
 
@@ -272,14 +274,15 @@ def _evaluate_classification(task: ClassificationTask, model, tokenizer: MedToke
     ``image_only_*``), and F1 at the per-label thresholds chosen on validation (saved in the
     checkpoint's ``thresholds.json``; ``*_val_thr``) beside F1 at 0.5."""
     thresholds = read_thresholds(checkpoint)
+    micro = {k: float(thresholds.pop(f"{k}_micro")) for k in ("image_report", "image_only") if f"{k}_micro" in thresholds}
     probs, targets = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer,
                                                  train=False))
     io_probs, _ = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config, image_only=True), cfg,
                                               tokenizer, train=False))
 
     def metric_fn(idx: np.ndarray) -> dict[str, float]:
-        m = task.metrics(probs[idx], targets[idx], thresholds.get("image_report"))
-        io = task.metrics(io_probs[idx], targets[idx], thresholds.get("image_only"))
+        m = task.metrics(probs[idx], targets[idx], thresholds.get("image_report"), micro.get("image_report"))
+        io = task.metrics(io_probs[idx], targets[idx], thresholds.get("image_only"), micro.get("image_only"))
         m.update({f"image_only_{k}": v for k, v in io.items()})
         return {k: v for k, v in m.items() if "/" not in k}
 
@@ -291,8 +294,10 @@ def _evaluate_classification(task: ClassificationTask, model, tokenizer: MedToke
 
 
 def read_thresholds(checkpoint: str | Path) -> dict[str, np.ndarray]:
-    """The per-label thresholds a classification checkpoint chose on validation
-    (``{"image_report": (14,), "image_only": (14,)}``); empty for checkpoints without them."""
+    """The thresholds a classification checkpoint chose on validation: per label
+    (``{"image_report": (14,), "image_only": (14,)}``) and, in checkpoints written since they
+    exist, the shared micro-F1 ones (``image_report_micro``, ``image_only_micro``: 0-d arrays);
+    empty for checkpoints without any."""
     path = Path(checkpoint) / THRESHOLDS_FILE
     if not path.is_file():
         return {}

@@ -2,9 +2,11 @@
 
 Targets are the positive labels (1); uncertain (-1), negative and blank count as 0, the
 paper's convention.  Metrics: micro AUROC and micro F1 (plus per-label AUROC); the model is
-selected on the validation split's ``auroc_micro``.  Per-label thresholds are chosen on the
-validation split (:func:`medvill.metrics.classification.select_thresholds`) and saved with the
-checkpoint (``thresholds.json``), for the image-report pair and for the image alone.
+selected on the validation split's ``auroc_micro``.  Per-label thresholds (for macro F1,
+:func:`medvill.metrics.classification.select_thresholds`) and one shared threshold (for micro
+F1, :func:`~medvill.metrics.classification.select_micro_threshold`) are chosen on the
+validation split and saved with the checkpoint (``thresholds.json``), for the image-report pair
+and for the image alone.
 
 The paper classifies an image with its report.  A clinician's question is the image alone
 (``Pipeline.classify(image)``: an empty report), so validation and evaluation also score
@@ -57,6 +59,6 @@ class ClassificationTask:
         probs, targets = run_over(model, loader, torch.sigmoid, "targets")
         return probs.numpy(), targets.numpy()
 
-    def metrics(self, probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None
-                ) -> dict[str, float]:
-        return classification_metrics(targets, probs, thresholds=thresholds)
+    def metrics(self, probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None,
+                micro_threshold: float | None = None) -> dict[str, float]:
+        return classification_metrics(targets, probs, thresholds=thresholds, micro_threshold=micro_threshold)
