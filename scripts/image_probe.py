@@ -12,7 +12,7 @@ image reading.
 ``--checkpoint DIR`` instead measures the CNN inside a medvill checkpoint (pre-trained or
 fine-tuned), frozen: a logistic regression per label on its mean-pooled features of the training
 split, scored on validation (a linear probe; the demo's pre-trained BAR model: 0.945 with the
-contrastive temperature 0.1, 0.952 with 0.05; a random CNN 0.833).
+contrastive temperature 0.1, 0.949 with 0.05; a random CNN 0.833).
 
     python scripts/image_probe.py --checkpoint demo-output/pretrain-bar
 """
