@@ -61,7 +61,7 @@ class DemoPlan:
 #: in 2 more.  Fine-tuning steps per task where the validation curves stopped paying for their
 #: time (classification: 250 steps gave test AUROC 0.92 / F1 0.58, 500 gave 0.96 / 0.75;
 #: generation is the exception: validation CE F1 0.394 at 400 steps, 0.445 at 600, but 600 steps
-#: put a fresh-clone make demo at 18 min 23 s, past the 15-minute budget).
+#: cost about 70 s more of a demo already near its 15-minute budget).
 PLANS = {
     "tiny": DemoPlan(4, {t: 4 for t in TASKS}, 8, pretrain_validations=1),
     "small": DemoPlan(1000, {"classification": 500, "retrieval": 400, "vqa": 500, "generation": 400}, 50),

@@ -271,8 +271,9 @@ def _evaluate_classification(task: ClassificationTask, model, tokenizer: MedToke
                              cfg: RunConfig, checkpoint: str | Path, n_bootstrap: int,
                              seed: int) -> dict[str, dict[str, Any]]:
     """The paper's image + report metrics, the same from the image alone (empty reports,
-    ``image_only_*``), and F1 at the per-label thresholds chosen on validation (saved in the
-    checkpoint's ``thresholds.json``; ``*_val_thr``) beside F1 at 0.5."""
+    ``image_only_*``), and F1 at the thresholds chosen on validation (saved in the checkpoint's
+    ``thresholds.json``: per label for macro F1, one shared for micro F1; ``*_val_thr``) beside
+    F1 at 0.5."""
     thresholds = read_thresholds(checkpoint)
     micro = {k: float(thresholds.pop(f"{k}_micro")) for k in ("image_report", "image_only") if f"{k}_micro" in thresholds}
     probs, targets = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer,

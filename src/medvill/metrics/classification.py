@@ -30,14 +30,17 @@ def select_thresholds(targets: np.ndarray, probs: np.ndarray, default: float = 0
     p = np.asarray(probs, dtype=np.float64)
     if y.shape != p.shape or y.ndim != 2:
         raise ValueError(f"targets {y.shape} and probs {p.shape} must be equal (N, L) arrays")
-    out = np.full(y.shape[1], default, dtype=np.float64)
-    for j in range(y.shape[1]):
-        if not 0 < y[:, j].sum() < len(y):
-            continue
-        precision, recall, thresholds = precision_recall_curve(y[:, j], p[:, j])
-        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-        out[j] = float(thresholds[int(np.argmax(f1))])
-    return out
+    return np.array([_best_f1_threshold(y[:, j], p[:, j], default) for j in range(y.shape[1])], dtype=np.float64)
+
+
+def _best_f1_threshold(y: np.ndarray, p: np.ndarray, default: float) -> float:
+    """The threshold of 1-D ``(y, p)`` with the highest F1 (the lowest such); ``default`` when
+    ``y`` has no positive or no negative."""
+    if not 0 < y.sum() < len(y):
+        return default
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
 
 
 def select_micro_threshold(targets: np.ndarray, probs: np.ndarray, default: float = 0.5) -> float:
@@ -52,11 +55,7 @@ def select_micro_threshold(targets: np.ndarray, probs: np.ndarray, default: floa
     p = np.asarray(probs, dtype=np.float64).ravel()
     if y.shape != p.shape:
         raise ValueError(f"targets {np.shape(targets)} and probs {np.shape(probs)} must be equal arrays")
-    if not 0 < y.sum() < len(y):
-        return default
-    precision, recall, thresholds = precision_recall_curve(y, p)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    return float(thresholds[int(np.argmax(f1))])
+    return _best_f1_threshold(y, p, default)
 
 
 def classification_metrics(
