@@ -252,11 +252,40 @@ def _fine(x, console=None):
     return x * 2
 
 
+def _span(seconds, console=None):
+    import time
+
+    t0 = time.time()
+    time.sleep(seconds)
+    return t0, time.time()
+
+
 def test_a_demo_worker_that_dies_is_a_named_error():
     from rich.console import Console
 
-    from medvill.demo import WorkerDiedError, _Runner
+    from medvill.demo import WorkerDiedError, _Job, _Runner
 
     with pytest.raises(WorkerDiedError, match="died .* while training .*classification-FT-only"):
         with _Runner(2, Console(quiet=True)) as runner:
-            runner.run({"classification-FT-only": (_die,), "other": (_fine, 1)})
+            list(runner.run({"classification-FT-only": _Job(_die, ()), "other": _Job(_fine, (1,))}))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_demo_jobs_start_when_what_they_need_has_finished(workers):
+    """The demo's schedule: Fine-tuning Only trains beside the pre-training; a MedViLL fine-tune
+    starts only once its pre-training has finished; a job may only need one listed before it."""
+    from rich.console import Console
+
+    from medvill.demo import _Job, _Runner
+
+    jobs = {"pretrain": _Job(_span, (0.6,)), "ft-only": _Job(_span, (0.1,)),
+            "medvill": _Job(_span, (0.1,), needs=("pretrain",))}
+    with _Runner(workers, Console(quiet=True)) as runner:
+        spans = {name: value for name, value, seconds in runner.run(jobs)}
+    assert set(spans) == set(jobs)
+    assert spans["medvill"][0] >= spans["pretrain"][1]
+    if workers == 2:  # the job that needs nothing did not wait for the pre-training
+        assert spans["ft-only"][1] < spans["pretrain"][1]
+    with pytest.raises(ValueError, match="'medvill' needs \\['pretrain'\\], which is not listed before it"):
+        with _Runner(workers, Console(quiet=True)) as runner:
+            list(runner.run({"medvill": jobs["medvill"], "pretrain": jobs["pretrain"]}))
