@@ -35,16 +35,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DEFAULT_BATCH, command, console, fmt, machine, measure_train_step, peak_memory, pick_device, print_table,
-    usable_cpus, write_json,
+    DEFAULT_BATCH,
+    command,
+    console,
+    fmt,
+    machine,
+    measure_train_step,
+    peak_memory,
+    pick_device,
+    print_table,
+    usable_cpus,
+    write_json,
 )
 
 
 def source_records(workdir: Path, n: int, side: int, fmt_name: str, seed: int):
     """``n`` records: the synthetic source films of ``prepare_throughput`` with reports and labels
     of the synthetic cases they were made from."""
-    from medvill.data.records import Record, read_jsonl_records
     from prepare_throughput import make_sources
+
+    from medvill.data.records import Record, read_jsonl_records
 
     sources = make_sources(workdir, n, side, seed)[fmt_name]
     bases_dir = workdir / f"bases-seed{seed}"

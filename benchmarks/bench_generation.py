@@ -23,7 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    best_time, bench_model_config, command, console, fmt, machine, peak_memory, pick_device, print_table, sync,
+    bench_model_config,
+    best_time,
+    command,
+    console,
+    fmt,
+    machine,
+    peak_memory,
+    pick_device,
+    print_table,
+    sync,
     write_json,
 )
 

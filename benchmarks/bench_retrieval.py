@@ -32,7 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    best_time, bench_model_config, command, console, machine, peak_memory, pick_device, print_table, write_json,
+    bench_model_config,
+    best_time,
+    command,
+    console,
+    machine,
+    peak_memory,
+    pick_device,
+    print_table,
+    write_json,
 )
 
 

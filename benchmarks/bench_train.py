@@ -32,8 +32,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DEFAULT_BATCH, DTYPES, command, console, fmt, machine, matmul_rate, measure_train_step, pick_device,
-    print_table, si, write_json,
+    DEFAULT_BATCH,
+    DTYPES,
+    command,
+    console,
+    fmt,
+    machine,
+    matmul_rate,
+    measure_train_step,
+    pick_device,
+    print_table,
+    si,
+    write_json,
 )
 
 PRESETS = ("tiny", "small", "base")

@@ -55,11 +55,11 @@ def test_peak_memory_sees_a_large_allocation():
     # in a fresh process: a long-lived worker's allocator may hold freed pages that a new
     # allocation reuses without raising the resident set, which would hide the peak
     code = (
-        "import sys, torch; sys.path.insert(0, %r); import _common\n"
+        f"import sys, torch; sys.path.insert(0, {str(BENCH)!r}); import _common\n"
         "with _common.peak_memory(torch.device('cpu')) as mem:\n"
         "    x = torch.ones(32 * 2**20 // 4); x += 1; del x\n"
         "print(mem.bytes, mem.method, sep='|')\n"
-    ) % str(BENCH)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     size, method = out.strip().split("|")
     assert method

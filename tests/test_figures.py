@@ -14,7 +14,12 @@ from medvill import Pipeline
 from medvill.cli import app
 from medvill.data.registry import load_records
 from medvill.figures import (
-    attention_figure, default_tokens, demo_figures, read_metrics_log, retrieval_case_study, roc_figure,
+    attention_figure,
+    default_tokens,
+    demo_figures,
+    read_metrics_log,
+    retrieval_case_study,
+    roc_figure,
     training_curves_figure,
 )
 

@@ -14,8 +14,14 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
 from medvill.config import ConfigError, MaskScheme, load_config
-from medvill.data.collate import LengthGroupedSampler, PretrainCollator, PretrainDataset, blank_reports, mask_tokens
-from medvill.data.collate import MLMSpec
+from medvill.data.collate import (
+    LengthGroupedSampler,
+    MLMSpec,
+    PretrainCollator,
+    PretrainDataset,
+    blank_reports,
+    mask_tokens,
+)
 from medvill.finetune import read_thresholds, run_evaluation, run_finetuning
 from medvill.generation import GenerationConfig, generate, reference_nll
 from medvill.inference import Pipeline
@@ -237,9 +243,8 @@ def test_finetune_backbone_lr_is_the_cnn_rate_while_fine_tuning(tiny_demo_dir, s
     """``finetune.backbone_lr`` reaches the optimizer: at 0 the pre-trained CNN's convolutions
     stay exactly as pre-trained while the rest of the model trains; the saved run config says
     which rate trained it."""
-    from safetensors.torch import load_file
-
     import yaml
+    from safetensors.torch import load_file
 
     init = tiny_demo_dir / "pretrain-bar"
     cfg = tiny(synthetic_root, 3, "train.lr=1e-2", "train.backbone_lr=1e-2", "train.warmup_steps=0",

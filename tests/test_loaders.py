@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvill.data.common import DataError, hash_split, normalize_split, parse_label_value, read_csv, RowPolicy
+from medvill.data.common import DataError, RowPolicy, hash_split, normalize_split, parse_label_value, read_csv
 from medvill.data.jsonl import load_jsonl
 from medvill.data.mimic_cxr import (
     extract_sections,
@@ -28,12 +28,12 @@ from medvill.data.mimic_cxr import (
 from medvill.data.openi import (
     detect_layout,
     dicom_view,
+    image_key,
     load_openi,
     load_openi_csv,
     load_openi_xml,
     load_r2gen,
     mesh_to_text,
-    image_key,
     read_openi_xml,
 )
 from medvill.data.records import SkipReport, read_jsonl_records

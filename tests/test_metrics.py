@@ -9,8 +9,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medvill.metrics import (
-    bleu4, bootstrap, build_trials, classification_metrics, clinical_efficacy, perplexity, ranking_metrics,
-    retrieval_metrics, ttest, vqa_accuracy,
+    bleu4,
+    bootstrap,
+    build_trials,
+    classification_metrics,
+    clinical_efficacy,
+    perplexity,
+    ranking_metrics,
+    retrieval_metrics,
+    ttest,
+    vqa_accuracy,
 )
 
 

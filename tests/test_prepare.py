@@ -185,12 +185,11 @@ def _alive(pid: int) -> bool:
 def test_workers_do_not_outlive_a_killed_prepare(tmp_path):
     """SIGKILL of `medvill prepare --workers 2` mid-run: its workers (and multiprocessing's
     resource tracker) exit within seconds instead of working on, reparented to PID 1."""
+    import os
     import signal
     import subprocess
     import sys
     import time
-
-    import os
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

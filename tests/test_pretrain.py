@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from medvill.cli import app
 from medvill.config import MaskScheme, load_config
-from medvill.modeling import MedViLLForPretraining, PreTrainedModel
 from medvill.data.collate import PretrainCollator, PretrainDataset
+from medvill.modeling import MedViLLForPretraining, PreTrainedModel
 from medvill.pipeline import build_tokenizer, load_split, model_config_for, run_pretraining
 from medvill.tasks.pretrain import PretrainTask
-from medvill.train.loop import fit
 from medvill.tokenization import MedTokenizer
+from medvill.train.loop import fit
 
 SCHEMES = [s.value for s in MaskScheme]
 

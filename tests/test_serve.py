@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 import yaml
 from PIL import Image
+from test_transforms import save_dicom  # noqa: E402 - the tests' DICOM writer
 from typer.testing import CliRunner
 
 from medvill.cli import app as cli_app
@@ -25,8 +26,6 @@ from medvill.config import ConfigError
 from medvill.inference import MissingTaskError, Pipeline
 from medvill.serve import DemoService, ServeConfig, UserError, create_app
 from medvill.serve.service import OVERLAY_MIN_SIZE, group_words, load_pool, read_pool_file
-
-from test_transforms import save_dicom  # noqa: E402 - the tests' DICOM writer
 
 
 @pytest.fixture(scope="module")

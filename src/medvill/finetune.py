@@ -29,21 +29,24 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, ModelConfig, RunConfig
+from .data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from .data.prepare import INPUT_INFO, training_input_settings
 from .data.task_data import ImageTextCollator, ImageTextDataset
+from .generation import GenerationConfig
 from .metrics import bootstrap
-from .data.collate import PretrainCollator, PretrainDataset
-from .modeling.heads import (
-    MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA, init_from_pretraining,
-)
+from .metrics.classification import select_micro_threshold, select_thresholds
 from .modeling.baselines import BASELINE_NAMES, BASELINE_TASKS, TieNet
 from .modeling.bert_init import load_bert_weights, resolve_bert_dir
+from .modeling.heads import (
+    MedViLLForClassification,
+    MedViLLForPretraining,
+    MedViLLForRetrieval,
+    MedViLLForVQA,
+    init_from_pretraining,
+)
 from .modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_checkpoint_config, read_weights
 from .pipeline import RUN_CONFIG_NAME, build_tokenizer, data_loader, load_split, load_vqa_split, model_config_for
-from .metrics.classification import select_micro_threshold, select_thresholds
 from .tasks.classification import THRESHOLDS_FILE, ClassificationTask, binary_targets
-from .data.collate import MLMSpec
-from .data.prepare import INPUT_INFO, training_input_settings
-from .generation import GenerationConfig
 from .tasks.generation import GenerationScores, GenerationTask
 from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
 from .tasks.tienet import TieNetClassificationTask, TieNetGenerationTask

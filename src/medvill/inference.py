@@ -42,14 +42,13 @@ the matching head; generation reads only the image.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +58,16 @@ from PIL import Image
 from .config import ConfigError, MaskScheme
 from .data.collate import encode_reports, pad_stack
 from .data.prepare import INPUT_INFO, training_input_settings
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, PIPELINE_VERSION, Decoded, Preprocess, load_image, to_tensor, to_uint8
+from .data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PIPELINE_VERSION,
+    Decoded,
+    Preprocess,
+    load_image,
+    to_tensor,
+    to_uint8,
+)
 from .generation import GenerationConfig
 from .generation import generate as generate_ids
 from .labels import CHEXPERT_OBSERVATIONS
@@ -71,7 +79,7 @@ from .tokenization import MedTokenizer
 log = logging.getLogger(__name__)
 
 #: An image as the Pipeline accepts it: a file path, a Pillow image or a numpy array.
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 TASKS = ("classification", "retrieval", "vqa", "generation")
 #: The model picked where a folder holds several checkpoints of a task.

@@ -295,7 +295,7 @@ def resolve_path(value: str | Path, *bases: Path) -> Path:
 def hash_unit(key: str, salt: str = "") -> float:
     """A number in [0, 1) from SHA-256 of ``salt + key`` (first 64 bits): stable across runs,
     machines and Python versions (unlike ``hash()``)."""
-    digest = hashlib.sha256(f"{salt}{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{salt}{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

@@ -254,7 +254,7 @@ def _read_chexpert(path: Path, rows: RowPolicy) -> tuple[dict[str, np.ndarray], 
                 try:
                     vec[i] = parse_label_value(row[name])
                 except ValueError:
-                    raise ValueError(f"column {name!r} has value {row[name]!r}; expected 1.0, 0.0, -1.0 or blank")
+                    raise ValueError(f"column {name!r} has value {row[name]!r}; expected 1.0, 0.0, -1.0 or blank") from None
         except ValueError as exc:
             rows.bad(str(exc), where)
             bad.add(study)

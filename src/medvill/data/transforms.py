@@ -495,24 +495,24 @@ def margin_box(img: np.ndarray, threshold: float = CROP_THRESHOLD, max_crop: flo
     border = np.zeros(small.shape, dtype=bool)
     for m in refs:
         border |= np.abs(small - m) <= threshold
-    t, b, l, r = 0, hs, 0, ws
+    y0, y1, x0, x1 = 0, hs, 0, ws
     for _ in range(16):
-        before = (t, b, l, r)
-        rows = border[t:b, l:r].mean(axis=1) >= line_fraction
-        t, b = t + _leading(rows), b - _leading(rows[::-1])
-        if t >= b:
+        before = (y0, y1, x0, x1)
+        rows = border[y0:y1, x0:x1].mean(axis=1) >= line_fraction
+        y0, y1 = y0 + _leading(rows), y1 - _leading(rows[::-1])
+        if y0 >= y1:
             break
-        cols = border[t:b, l:r].mean(axis=0) >= line_fraction
-        l, r = l + _leading(cols), r - _leading(cols[::-1])
-        if l >= r or (t, b, l, r) == before:
+        cols = border[y0:y1, x0:x1].mean(axis=0) >= line_fraction
+        x0, x1 = x0 + _leading(cols), x1 - _leading(cols[::-1])
+        if x0 >= x1 or (y0, y1, x0, x1) == before:
             break
-    t, b = _cap(t, hs - b, hs, max_crop)
-    l, r = _cap(l, ws - r, ws, max_crop)
-    b, r = hs - b, ws - r
+    y0, y1 = _cap(y0, hs - y1, hs, max_crop)
+    x0, x1 = _cap(x0, ws - x1, ws, max_crop)
+    y1, x1 = hs - y1, ws - x1
     # back to full resolution; partial blocks stay (conservative by up to f - 1 pixels)
-    top, left = t * f, l * f
-    bottom = h if b == hs else b * f
-    right = w if r == ws else r * f
+    top, left = y0 * f, x0 * f
+    bottom = h if y1 == hs else y1 * f
+    right = w if x1 == ws else x1 * f
     return top, bottom, left, right
 
 
@@ -561,12 +561,12 @@ def crop_margins(img: np.ndarray | Image.Image, threshold: float = CROP_THRESHOL
         arr = np.asarray(img.convert("L") if img.mode not in ("L", "F") else img, dtype=np.float32)
         if img.mode != "F":
             arr = arr / 255.0
-        t, b, l, r = margin_box(arr, threshold, max_crop, line_fraction)
-        return img if (t, b, l, r) == (0, arr.shape[0], 0, arr.shape[1]) else img.crop((l, t, r, b))
-    t, b, l, r = margin_box(img, threshold, max_crop, line_fraction)
-    if (t, b, l, r) == (0, img.shape[0], 0, img.shape[1]):
+        y0, y1, x0, x1 = margin_box(arr, threshold, max_crop, line_fraction)
+        return img if (y0, y1, x0, x1) == (0, arr.shape[0], 0, arr.shape[1]) else img.crop((x0, y0, x1, y1))
+    y0, y1, x0, x1 = margin_box(img, threshold, max_crop, line_fraction)
+    if (y0, y1, x0, x1) == (0, img.shape[0], 0, img.shape[1]):
         return img
-    return img[t:b, l:r]
+    return img[y0:y1, x0:x1]
 
 
 def intensity_warnings(pixels: np.ndarray, *, kind: str = "", raw_max: float | None = None) -> list[str]:

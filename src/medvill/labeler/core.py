@@ -408,7 +408,7 @@ class CheXpertLabeler:
         if self.parser_quirks:
             _parser_quirks(s)
         labels = []
-        for obs, start, end in mentions:
+        for _obs, start, end in mentions:
             rng = s.token_range(start, end)
             text = s.text[start:end]
             negated = uncertain = False

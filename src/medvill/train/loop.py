@@ -43,7 +43,12 @@ from ..config import ConfigError, TrainConfig
 from ..fileio import atomic_write_text
 from ..tasks.base import Task
 from .checkpoint import (
-    LoopState, checkpoint_root, find_resume_checkpoint, load_training_state, save_training_state, set_rng_state,
+    LoopState,
+    checkpoint_root,
+    find_resume_checkpoint,
+    load_training_state,
+    save_training_state,
+    set_rng_state,
 )
 from .memory import apply_memory_options
 
