@@ -8,11 +8,12 @@ STAMP := $(VENV)/.medvill-deps-$(DEPS_KEY)
 export HF_HUB_OFFLINE ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow e2e e2e-setup docs bench clean help
+.PHONY: setup demo test test-slow check e2e e2e-setup docs bench clean help
 
 help:
 	@echo "make demo   - set up .venv if needed, then run the demo on built-in synthetic data"
 	@echo "make test   - set up .venv if needed, then run the test suite (CPU, a few minutes)"
+	@echo "make check  - lint (ruff) and type-check (mypy) the code"
 	@echo "make setup  - only build the environment in $(VENV)"
 	@echo "make bench  - set up .venv if needed, then run the speed benchmarks (BENCH_ARGS=--quick: a smoke run)"
 	@echo "make docs   - build the documentation into site/ (mkdocs build --strict)"
@@ -38,6 +39,12 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
+
+# the bar the machine holds: lint + import order (ruff) and annotated, type-checked code (mypy);
+# both read their settings from pyproject.toml
+check: setup
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/mypy
 
 # the web demo's end-to-end test (tests marked e2e) drives Debian's chromium headless through
 # Playwright (no browser download); e2e-setup apt-installs chromium + chromium-driver when missing

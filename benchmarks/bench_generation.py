@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"{name}, {n} new tokens", timing[name], tokens / timing[name],
                          speedup if name == "cached" else "reference", str(memory[name])])
         results.append({"new_tokens": n, "cached_s": timing["cached"], "naive_s": timing["naive"],
-                        "cached_tokens_per_s": tokens / timing["cached"], "naive_tokens_per_s": tokens / timing["naive"],
+                        "cached_tokens_per_s": tokens / timing["cached"],
+                        "naive_tokens_per_s": tokens / timing["naive"],
                         "speedup": speedup, "identical_tokens": True,
                         "peak_memory_bytes": {k: m.bytes for k, m in memory.items()}})
 

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         notes=[f"{scored} pair scores per trial; same scores asserted (atol 1e-4); time includes image loading; "
                f"best of {args.repeats}; batch {args.batch_size} pairs",
-               f"metrics{' (same for both)' if metrics == metrics_uncached else ' (cached)'}: R2I MRR {metrics['r2i']['mrr']:.3f}, I2R MRR {metrics['i2r']['mrr']:.3f}",
+               f"metrics{' (same for both)' if metrics == metrics_uncached else ' (cached)'}: "
+               f"R2I MRR {metrics['r2i']['mrr']:.3f}, I2R MRR {metrics['i2r']['mrr']:.3f}",
                f"peak memory: {memory['cached'].method}"],
     )
     if metrics != metrics_uncached:

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine_line = machine(device)
     cmd = command(__file__, argv)
-    rows = [[f"matmul {n}x{n} {name}", None, None, None, None, si(r), "reference" if name == args.amp else r / limit, None]
+    rows = [[f"matmul {n}x{n} {name}", None, None, None, None, si(r),
+             "reference" if name == args.amp else r / limit, None]
             for name, r in rates.items() for n in [gemm_n]]
     for r in results:
         rows.append([f"train step {r.preset} ({r.params_m:.1f}M params, S={r.seq_len})", r.batch_size, r.step_s,
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"train_gemm_fraction_base": base.achieved_flops / limit if base else None}
     write_json(args.json, {
         "benchmark": "train", "machine": machine_line, "command": cmd, "device": str(device),
-        "amp": args.amp, "attn": args.attn, "channels_last": args.channels_last, "matmul_n": gemm_n, "matmul_flops": rates,
+        "amp": args.amp, "attn": args.attn, "channels_last": args.channels_last, "matmul_n": gemm_n,
+        "matmul_flops": rates,
         "results": [{k: v for k, v in vars(r).items() if k != "profile_table"} for r in results],
         "summary": summary,
     })

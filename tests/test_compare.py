@@ -14,7 +14,8 @@ from medvill.evaluate import compare_runs
 
 def write_run(folder, metrics):
     folder.mkdir(parents=True)
-    data = {k: {"mean": sum(v) / len(v), "std": float(stats.tstd(v)), "n": len(v), "values": v} for k, v in metrics.items()}
+    data = {k: {"mean": sum(v) / len(v), "std": float(stats.tstd(v)), "n": len(v), "values": v}
+            for k, v in metrics.items()}
     data["trials"] = {"mean": 100.0, "std": 0.0, "n": 3, "values": []}  # info entry, not a metric
     (folder / "metrics.json").write_text(json.dumps(data))
     return folder

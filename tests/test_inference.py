@@ -75,7 +75,8 @@ def test_several_checkpoints_without_default_need_a_name(tiny_demo_dir, tmp_path
         shutil.copytree(tiny_demo_dir / "finetune" / name, tmp_path / "finetune" / name.replace("MedViLL-BAR", "other"))
     with pytest.raises(ValueError, match="several classification checkpoints.*model=NAME"):
         Pipeline.from_pretrained(tmp_path)
-    assert Pipeline.from_pretrained(tmp_path, model="other").checkpoint_path("classification").name == "classification-other"
+    pipe = Pipeline.from_pretrained(tmp_path, model="other")
+    assert pipe.checkpoint_path("classification").name == "classification-other"
 
 
 # ------------------------------------------------------------------ preprocessing
@@ -146,7 +147,8 @@ def test_every_method_on_paths_pil_and_arrays(pipe, records):
 
 
 def test_report_query_ranks_a_pool_of_mixed_image_inputs(pipe, records):
-    pool = [records[0].image, Image.open(records[1].image), np.asarray(Image.open(records[2].image)), str(records[3].image)]
+    pool = [records[0].image, Image.open(records[1].image), np.asarray(Image.open(records[2].image)),
+            str(records[3].image)]
     hits = pipe.retrieve(records[1].text, pool, k=2)
     assert [h.rank for h in hits] == [1, 2] and hits[0].score >= hits[1].score
     assert hits[0].item is pool[hits[0].index] and abs(hits[0].probability - 1 / (1 + np.exp(-hits[0].score))) < 1e-9
@@ -242,6 +244,7 @@ def test_classify_gives_the_evaluation_probabilities(pipe, records):
     ckpt = pipe.checkpoint_path("classification")
     model, tok = MedViLLForClassification.from_pretrained(ckpt), MedTokenizer.from_pretrained(ckpt)
     ds = ImageTextDataset([r.image for r in records], [r.text for r in records], binary_targets(records), tok, 64, 64)
-    want, _ = ClassificationTask().predict(model, DataLoader(ds, batch_size=8, collate_fn=ImageTextCollator(tok.pad_id)))
+    loader = DataLoader(ds, batch_size=8, collate_fn=ImageTextCollator(tok.pad_id))
+    want, _ = ClassificationTask().predict(model, loader)
     got = pipe.classify([r.image for r in records], [r.text for r in records])
     assert np.allclose(np.array([list(g.values()) for g in got]), want, atol=1e-5)

@@ -69,7 +69,8 @@ def test_trials_have_100_candidates_with_the_true_partner_and_label_set_positive
 
 
 def test_vqa_accuracy_by_type():
-    m = vqa_accuracy(["yes", "Left ", "no", "heart"], ["yes", "left", "yes", "lung"], ["CLOSED", "OPEN", "CLOSED ", "OPEN"])
+    m = vqa_accuracy(["yes", "Left ", "no", "heart"], ["yes", "left", "yes", "lung"],
+                     ["CLOSED", "OPEN", "CLOSED ", "OPEN"])
     assert m == {"accuracy": 0.5, "closed_accuracy": 0.5, "open_accuracy": 0.5}
     with pytest.raises(ValueError, match="answer type"):
         vqa_accuracy(["a"], ["a"], ["MAYBE"])

@@ -199,7 +199,8 @@ def test_workers_do_not_outlive_a_killed_prepare(tmp_path):
     for i in range(2000):
         if i:
             os.link(root / "images" / "x-0.png", root / "images" / f"x-{i}.png")
-        rows.append(json.dumps({"id": f"x-{i}", "image": f"images/x-{i}.png", "text": "Clear lungs.", "split": "train"}))
+        rows.append(json.dumps({"id": f"x-{i}", "image": f"images/x-{i}.png", "text": "Clear lungs.",
+                                "split": "train"}))
     (root / "all.jsonl").write_text("\n".join(rows) + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "medvill", "prepare", "--dataset", "jsonl",
                              "--root", str(root / "all.jsonl"),

@@ -106,7 +106,8 @@ def test_backbone_weights_change_and_artifacts_are_written(synthetic_root, tmp_p
     b, a = dict(before.medvill.visual.named_parameters()), dict(after.medvill.visual.named_parameters())
     assert all(not torch.equal(b[k], a[k]) for k in b), "a backbone parameter did not train"
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "run_config.yaml", "metrics.jsonl"} <= names
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "run_config.yaml",
+            "metrics.jsonl"} <= names
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3] and all("mlm_loss" in e and "irm_loss" in e for e in log)
     saved = yaml.safe_load((out / "run_config.yaml").read_text())

@@ -94,7 +94,8 @@ def test_a_checkpoint_whose_files_match_the_manifest_but_do_not_load_is_skipped(
     out = tmp_path / "run"
     shutil.copytree(uninterrupted / "checkpoints", out / "checkpoints")
     newest = out / "checkpoints" / "step-00000010"
-    for name, data in (("optimizer.pt", b"not a torch file"), ("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")):
+    for name, data in (("optimizer.pt", b"not a torch file"),
+                       ("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")):
         ckpt = out / "checkpoints" / ("step-00000010" if name == "optimizer.pt" else "step-00000008")
         (ckpt / name).write_bytes(data)
         manifest = json.loads((ckpt / MANIFEST).read_text())

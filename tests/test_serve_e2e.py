@@ -87,7 +87,8 @@ class Server:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> Iterator:
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run `make e2e` (it installs Debian's chromium) or set MEDVILL_CHROMIUM")
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make e2e` (it installs Debian's chromium) "
+                    "or set MEDVILL_CHROMIUM")
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=TIMEOUT_MS)

@@ -123,7 +123,8 @@ def test_channels_last_gives_the_same_outputs(setup):
     conv = model.medvill.visual.trunk.body[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     seen = []
-    conv.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    conv.register_forward_hook(
+        lambda m, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     with torch.no_grad():
         out = model(batch["text_ids"], batch["text_valid"], images=batch["images"]).logits
     assert seen == [True]

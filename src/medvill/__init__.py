@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> "type[Pipeline]":
     # imported on first use: `import medvill` stays light (the CLI and data workers import it)
     if name == "Pipeline":
         from .inference import Pipeline

@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,14 +17,21 @@ from rich.table import Table
 
 from .config import ConfigError, MaskScheme, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="MedViLL: vision-language pre-training for chest X-rays and reports.")
+if TYPE_CHECKING:
+    from .data.records import Record
+    from .inference import Pipeline
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="MedViLL: vision-language pre-training for chest X-rays and reports.")
 console = Console()
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="synthetic (built-in) | mimic | openi | jsonl | vqa_rad")]
-RootOpt = Annotated[Path | None, typer.Option("--root", help="data set folder; synthetic without a root generates into a cache")]
+RootOpt = Annotated[Path | None, typer.Option("--root", help="data set folder; synthetic without a root generates "
+                                               "into a cache")]
 PresetOpt = Annotated[str, typer.Option("--preset", help="tiny | small | base (the paper)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML run config")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: section.key=value (repeatable)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: section.key=value "
+                                                  "(repeatable)")]
 ResumeOpt = Annotated[str | None, typer.Option("--resume", help="continue a stopped run: 'auto' (newest complete "
                                                "training state in OUTPUT/checkpoints) or a checkpoint folder")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace the run already in --output (its files "
@@ -90,7 +98,8 @@ def pretrain(
     root: RootOpt = None,
     preset: PresetOpt = "base",
     mask: Annotated[MaskScheme | None, typer.Option("--mask", help="attention mask scheme")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="optimiser steps (0 writes the initial model)")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps",
+                                                  help="optimiser steps (0 writes the initial model)")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = None,
@@ -256,7 +265,8 @@ def demo(
     n: Annotated[int | None, typer.Option("--n", help="synthetic pairs (default: the preset's)")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples of the test split")] = 30,
     full: Annotated[bool, typer.Option("--full", help="every mask scheme and the CNN&Transformer and TieNet "
-                                                      "baselines (the paper's whole comparison; about 50 minutes on 2 cores)")] = False,
+                                                      "baselines (the paper's whole comparison; about 50 minutes "
+                                                      "on 2 cores)")] = False,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="models trained at once, each in its "
                                                 "own process (default: one per CPU, at most 4)")] = None,
     set_: SetOpt = None,
@@ -304,7 +314,7 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="which model's che
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")]
 
 
-def _pipeline(checkpoint: Path, model: str | None, device: str | None):
+def _pipeline(checkpoint: Path, model: str | None, device: str | None) -> Pipeline:
     from .inference import Pipeline
 
     return Pipeline.from_pretrained(checkpoint, model=model, device=device)
@@ -316,8 +326,10 @@ def generate(
     checkpoint: CheckpointOpt,
     model: ModelOpt = None,
     beams: Annotated[int, typer.Option("--beams", help="beam width (1 = greedy)")] = 1,
-    max_length: Annotated[int | None, typer.Option("--max-length", help="report tokens (default: the model's limit)")] = None,
-    no_repeat_ngram: Annotated[int, typer.Option("--no-repeat-ngram", help="forbid repeating n-grams of this size")] = 0,
+    max_length: Annotated[int | None, typer.Option("--max-length",
+                                                   help="report tokens (default: the model's limit)")] = None,
+    no_repeat_ngram: Annotated[int, typer.Option("--no-repeat-ngram",
+                                                 help="forbid repeating n-grams of this size")] = 0,
     output: Annotated[Path | None, typer.Option("--output", help="also write JSONL: {image, report} per line")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     device: DeviceOpt = None,
@@ -336,7 +348,8 @@ def generate(
         console.print(f"[bold]{path}[/bold]\n{report}\n", highlight=False)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps({"image": str(p), "report": r}) + "\n" for p, r in zip(images, reports, strict=True)))
+        output.write_text("".join(json.dumps({"image": str(p), "report": r}) + "\n"
+                                  for p, r in zip(images, reports, strict=True)))
         console.print(f"written: {output}")
 
 
@@ -389,7 +402,8 @@ figures_app = typer.Typer(no_args_is_help=True, help="The paper's figures as PNG
 app.add_typer(figures_app, name="figures")
 FigOutOpt = Annotated[Path, typer.Option("--output", help="PNG file to write")]
 DataSetOpt = Annotated[str | None, typer.Option("--dataset", help="data set (default: the checkpoint's training data)")]
-DataRootOpt = Annotated[Path | None, typer.Option("--root", help="data folder (default: the checkpoint's training data)")]
+DataRootOpt = Annotated[Path | None, typer.Option("--root", help="data folder (default: the checkpoint's training "
+                                                   "data)")]
 SplitOpt = Annotated[str, typer.Option("--split")]
 
 
@@ -398,7 +412,7 @@ def _figure_done(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _drawing():
+def _drawing() -> Iterator[None]:
     """A figure command's body: logging set up, expected errors as a clear message and exit 2."""
     from .inference import MissingTaskError
 
@@ -409,7 +423,7 @@ def _drawing():
         raise _fail(exc) from None
 
 
-def _split_records(pipe, task: str, split: str, dataset: str | None, root: Path | None) -> list:
+def _split_records(pipe: Pipeline, task: str, split: str, dataset: str | None, root: Path | None) -> list[Record]:
     from .figures import checkpoint_records
 
     return checkpoint_records(pipe.checkpoint_path(task), split, dataset, root)
@@ -421,10 +435,14 @@ def figures_attention(
     text: Annotated[str, typer.Option("--text", help="the report (or, with --task vqa, the question)")],
     checkpoint: CheckpointOpt,
     output: FigOutOpt,
-    token: Annotated[list[str] | None, typer.Option("--token", help="token (word or 0-based index); repeatable")] = None,
-    layer: Annotated[list[int] | None, typer.Option("--layer", help="0-based layer, -1 = last (default); repeatable")] = None,
-    head: Annotated[list[int] | None, typer.Option("--head", help="0-based head (default: mean of heads); repeatable")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="checkpoint to look into (default: classification)")] = None,
+    token: Annotated[list[str] | None, typer.Option("--token",
+                                                    help="token (word or 0-based index); repeatable")] = None,
+    layer: Annotated[list[int] | None, typer.Option("--layer",
+                                                    help="0-based layer, -1 = last (default); repeatable")] = None,
+    head: Annotated[list[int] | None, typer.Option("--head",
+                                                   help="0-based head (default: mean of heads); repeatable")] = None,
+    task: Annotated[str | None, typer.Option("--task",
+                                             help="checkpoint to look into (default: classification)")] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -490,7 +508,10 @@ def figures_curves(
     """Training and validation curves from metrics.jsonl logs."""
     from .figures import training_curves_figure
 
-    named = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
+    named: dict[str, str] = {}
+    for r in runs:
+        name, _, path = r.partition("=") if "=" in r else (Path(r).name, "", r)
+        named[name] = path
     with _drawing():
         _figure_done(training_curves_figure(named, output, keys=key))
 

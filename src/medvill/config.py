@@ -101,7 +101,8 @@ class ModelConfig:
             raise ConfigError(f"model.backbone: {self.backbone!r} is not one of {BACKBONES}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ConfigError(
-                f"model.attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+                f"model.attn_implementation: {self.attn_implementation!r} is not one of "
+                f"{', '.join(ATTN_IMPLEMENTATIONS)}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
@@ -115,7 +116,9 @@ class ModelConfig:
             )
         for name in ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ConfigError(f"model.{name} ({getattr(self, name)}) lies outside the vocabulary (size {self.vocab_size})")
+                raise ConfigError(
+                    f"model.{name} ({getattr(self, name)}) lies outside the vocabulary (size {self.vocab_size})"
+                )
         if self.max_text_len + 3 > self.max_position_embeddings:
             raise ConfigError(
                 f"model.max_text_len ({self.max_text_len}) + 3 exceeds "
@@ -318,7 +321,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "model.num_attention_heads": _GE1, "model.intermediate_size": _GE1, "model.hidden_dropout_prob": _DROPOUT,
     "model.attention_probs_dropout_prob": _DROPOUT, "model.max_position_embeddings": _GE1,
     "model.type_vocab_size": _GE1, "model.layer_norm_eps": _GT0, "model.initializer_range": _GT0,
-    "model.image_size": _GE1, "model.small_cnn_channels": (2, None, True, True), "model.max_text_len": (2, None, True, True),
+    "model.image_size": _GE1, "model.small_cnn_channels": (2, None, True, True),
+    "model.max_text_len": (2, None, True, True),
     "tokenizer.vocab_size": _GE1, "tokenizer.min_frequency": _GE1,
     "data.synthetic_n": _GE1, "data.synthetic_seed": _GE0, "data.num_workers": _GE0,
     "pretrain.s2s_prob": _PROB, "pretrain.mlm_prob": (0, 1, False, True), "pretrain.mlm_mask_frac": _PROB,

@@ -128,7 +128,8 @@ def run_demo(cfg: RunConfig, output: Path, full: bool = False, n_bootstrap: int 
     for m in masks:
         owner[f"pretrain {_mask_name(m)}"] = ("pretrain", m)
         jobs[f"pretrain {_mask_name(m)}"] = _Job(_pretrain_job, (_with(
-            cfg, f"pretrain.mask={m}", f"train.max_steps={pre_steps}", f"train.eval_every={every}"), output / f"pretrain-{m}"))
+            cfg, f"pretrain.mask={m}", f"train.max_steps={pre_steps}", f"train.eval_every={every}"),
+            output / f"pretrain-{m}"))
     rows: dict[str, dict[str, str]] = {}
     for task in TASKS:
         rows[task] = dict(inits)

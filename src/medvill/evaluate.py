@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in data.items() if isinstance(v, dict) and v.get("values")}
 
 
-def compare_runs(runs: list[str | Path], reference: str | None = None) -> Comparison:
+def compare_runs(runs: Sequence[str | Path], reference: str | None = None) -> Comparison:
     """Build the table from ``runs`` (folders or ``name=folder``); ``reference`` names a row
     (default: the first)."""
     if not runs:

@@ -61,7 +61,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def label_names(labels: np.ndarray | Sequence[float], names: Sequence[str] = CHEXPERT_OBSERVATIONS) -> list[str]:
     """Names of the positive (== 1) observations of a label vector."""
     arr = np.asarray(labels, dtype=np.float32)
-    return [names[i] for i in np.flatnonzero(arr == 1.0)]
+    return [names[int(i)] for i in np.flatnonzero(arr == 1.0)]
 
 
 # ============================================================================================
@@ -108,7 +108,8 @@ def attention_figure(maps: AttentionMaps, path: str | Path, tokens: Sequence[int
         ax.set_axis_off()
         for c, (layer, head) in enumerate(cols):
             m = maps.map(t, layer, head)
-            up = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR))
+            up = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((size, size),
+                                                                                  Image.Resampling.BILINEAR))
             ax = fig.add_subplot(len(rows), 1 + len(cols), r * (1 + len(cols)) + c + 2)
             ax.imshow(maps.image, cmap="gray", vmin=0, vmax=255)
             lo, hi = float(m.min()), float(m.max())
@@ -193,6 +194,7 @@ def retrieval_case_study(pipeline: Pipeline, records: Sequence[Record], path: st
     trial = build_trials([positive_set(r.labels) for r in records], n_candidates=n, seed=seed, queries=[query])[0]
     cands = [records[int(c)] for c in trial.candidates]
     q = records[query]
+    query_item: str | Path
     if direction == "r2i":
         hits = pipeline.retrieve(q.text, [c.image for c in cands], k=None, query_type="report")
         query_item = q.text
@@ -200,8 +202,9 @@ def retrieval_case_study(pipeline: Pipeline, records: Sequence[Record], path: st
         hits = pipeline.retrieve(q.image, [c.text for c in cands], k=None, query_type="image")
         query_item = q.image
     shown = list(hits[:k]) + ([hits[-1]] if len(hits) > k else [])
-    return retrieval_figure(query_item, label_names(q.labels), shown, [label_names(cands[h.index].labels) for h in shown],
-                            path, query_is_image=direction == "i2r", pool_size=len(hits), **figure_args)
+    return retrieval_figure(query_item, label_names(q.labels), shown,
+                            [label_names(cands[h.index].labels) for h in shown], path,
+                            query_is_image=direction == "i2r", pool_size=len(hits), **figure_args)
 
 
 # ============================================================================================
@@ -272,7 +275,8 @@ def read_metrics_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"training log not found: {path}")
-    train, val = [], []
+    train: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
     for lineno, entry in parse_json_lines(path.read_text(), path):
         if not isinstance(entry, dict) or not isinstance(entry.get("step"), (int, float)):
             raise ValueError(f"{path}:{lineno}: expected a JSON object with a numeric 'step'")
@@ -378,7 +382,8 @@ def demo_figures(output: str | Path, model: str | None = None, split: str = "tes
     if anchor is not None:
         records = checkpoint_records(anchor, split)
     # a test case with positive findings (other than No Finding), for the attention and retrieval figures
-    case = next((i for i, r in enumerate(records) if label_names(r.labels) and "No Finding" not in label_names(r.labels)), 0)
+    case = next((i for i, r in enumerate(records)
+                 if label_names(r.labels) and "No Finding" not in label_names(r.labels)), 0)
     if "classification" in pipe.tasks and records:
         r = records[case]
         maps = pipe.explain(r.image, r.text, task="classification")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, ModelConfig, RunConfig
 from .data.collate import MLMSpec, PretrainCollator, PretrainDataset
 from .data.prepare import INPUT_INFO, training_input_settings
+from .data.records import Record
 from .data.task_data import ImageTextCollator, ImageTextDataset
 from .generation import GenerationConfig
 from .metrics import bootstrap
@@ -56,6 +58,10 @@ from .train.loop import TrainResult, fit
 
 TASKS = ("classification", "retrieval", "vqa", "generation")
 
+#: The task objects :func:`_task` makes (the TieNet tasks subclass the classification and generation ones).
+FinetuneTask = ClassificationTask | RetrievalTask | VQATask | GenerationTask
+Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
 
 @dataclass
 class FinetuneRun:
@@ -65,7 +71,7 @@ class FinetuneRun:
 
 
 def _task(name: str, checkpoint: str | Path | None = None, baseline: str | None = None,
-          cfg: RunConfig | None = None):
+          cfg: RunConfig | None = None) -> tuple[FinetuneTask, type[PreTrainedModel]]:
     """The task object and its model class; a VQA task restores its answers from a checkpoint.
     ``baseline``: ``cnn-transformer`` or ``tienet`` (unsupported task combinations are refused).
     ``cfg``: the run's fine-tuning options (training; evaluation needs none)."""
@@ -96,7 +102,8 @@ def _examples(task: str, cfg: RunConfig, split: str) -> list:
     return load_vqa_split(cfg, split) if task == "vqa" else load_split(cfg, split)
 
 
-def _dataset(task, examples, tokenizer: MedTokenizer, mcfg: ModelConfig, image_only: bool = False) -> ImageTextDataset:
+def _dataset(task: FinetuneTask, examples: list, tokenizer: MedTokenizer, mcfg: ModelConfig,
+             image_only: bool = False) -> ImageTextDataset:
     """The examples as (image, text, target); ``image_only``: every report empty."""
     if isinstance(task, VQATask):
         return ImageTextDataset([it.image for it in examples], [it.question for it in examples],
@@ -121,13 +128,15 @@ def _validate_classification(task: ClassificationTask, model: torch.nn.Module, l
     return metrics, thresholds
 
 
-def _metrics(task, preds: np.ndarray, targets: np.ndarray, examples: list) -> dict[str, float]:
+def _metrics(task: ClassificationTask | VQATask, preds: np.ndarray, targets: np.ndarray,
+             examples: list) -> dict[str, float]:
     if isinstance(task, VQATask):
         return task.metrics(preds, targets, examples)
     return task.metrics(preds, targets)
 
 
-def _loader(ds, cfg: RunConfig, tokenizer: MedTokenizer, train: bool, collate=None) -> DataLoader:
+def _loader(ds: PretrainDataset | ImageTextDataset, cfg: RunConfig, tokenizer: MedTokenizer, train: bool,
+            collate: Collate | None = None) -> DataLoader:
     return data_loader(ds, cfg, collate or ImageTextCollator(tokenizer.pad_id), train)
 
 
@@ -151,22 +160,24 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
         head.update(hops=cfg.baseline.tienet_hops, loss_weight=cfg.baseline.tienet_loss_weight)
         if cfg.init_text:
             console.print(f"TieNet has no transformer: init_text={cfg.init_text} is not used")
+    # every model class takes (config, load_pretrained_backbone, **head_config): see PreTrainedModel
+    build: Callable[..., PreTrainedModel] = model_cls
     if init == "scratch" or baseline is not None:
         # Fine-tuning Only and the baselines: no vision-language pre-training; the transformer
         # starts from init_text (a BERT checkpoint) when given, as in the paper, else from random weights
         bert_dir = resolve_bert_dir(cfg.init_text) if cfg.init_text and baseline != "tienet" else None
-        texts = [getattr(r, "text", None) or getattr(r, "question", "") for r in train_records]
+        texts = [getattr(r, "text", "") or getattr(r, "question", "") for r in train_records]
         tokenizer = build_tokenizer(cfg, texts, bert_dir)
         mcfg = model_config_for(cfg, tokenizer, bert_dir)
         torch.manual_seed(cfg.train.seed)
-        model = model_cls(mcfg, **head)
+        model = build(mcfg, **head)
         if bert_dir is not None:
             load_bert_weights(model, bert_dir)
     else:
         mcfg = checkpoint_model_config(init)
         tokenizer = MedTokenizer.from_pretrained(init)
         torch.manual_seed(cfg.train.seed)
-        model = model_cls(mcfg, load_pretrained_backbone=False, **head)
+        model = build(mcfg, load_pretrained_backbone=False, **head)
         fresh = init_from_pretraining(model, read_weights(init))
         console.print(f"initialised from {init}; new parameters: {', '.join(fresh) or 'none'}")
     cfg = dataclasses.replace(cfg, model=mcfg)
@@ -194,8 +205,9 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
             return task.perplexity(m, val_loader)
     elif isinstance(task, RetrievalTask):
         # matched and label-aware mismatched pairs, reports unmasked; validation pairs fixed
-        def pairs(records, train: bool) -> DataLoader:
-            ds = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
+        def pairs(records: list[Record], train: bool) -> DataLoader:
+            ds = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm=None,
+                                 seed=cfg.train.seed)
             return _loader(ds, cfg, tokenizer, train=train, collate=PretrainCollator(tokenizer.pad_id))
 
         train_loader, val_loader = pairs(train_records, True), pairs(val_records, False)
@@ -228,7 +240,8 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
     if isinstance(task, VQATask):
         extra.update(task.save_files())
 
-    def save(m: PreTrainedModel, directory: Path) -> None:
+    def save(m: torch.nn.Module, directory: Path) -> None:
+        assert isinstance(m, PreTrainedModel)  # fit hands back the (unwrapped) model it trains
         files = dict(extra)
         if selected_thresholds:
             files[THRESHOLDS_FILE] = json.dumps(selected_thresholds, indent=1) + "\n"
@@ -250,6 +263,7 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
     cfg = dataclasses.replace(cfg, model=model.config)
     records = _examples(task_name, cfg, split)
     if isinstance(task, RetrievalTask):
+        assert isinstance(model, MedViLLForRetrieval)  # from_pretrained on the task's class loads only that class
         return _evaluate_retrieval(model, tokenizer, records, cfg, n_bootstrap, seed)
     if isinstance(task, GenerationTask):
         return _evaluate_generation(task, model, tokenizer, records, cfg, n_bootstrap, seed)
@@ -270,7 +284,7 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
     return out
 
 
-def _evaluate_classification(task: ClassificationTask, model, tokenizer: MedTokenizer, records: list,
+def _evaluate_classification(task: ClassificationTask, model: PreTrainedModel, tokenizer: MedTokenizer, records: list,
                              cfg: RunConfig, checkpoint: str | Path, n_bootstrap: int,
                              seed: int) -> dict[str, dict[str, Any]]:
     """The paper's image + report metrics, the same from the image alone (empty reports,
@@ -278,7 +292,8 @@ def _evaluate_classification(task: ClassificationTask, model, tokenizer: MedToke
     ``thresholds.json``: per label for macro F1, one shared for micro F1; ``*_val_thr``) beside
     F1 at 0.5."""
     thresholds = read_thresholds(checkpoint)
-    micro = {k: float(thresholds.pop(f"{k}_micro")) for k in ("image_report", "image_only") if f"{k}_micro" in thresholds}
+    micro = {k: float(thresholds.pop(f"{k}_micro")) for k in ("image_report", "image_only")
+             if f"{k}_micro" in thresholds}
     probs, targets = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config), cfg, tokenizer,
                                                  train=False))
     io_probs, _ = task.predict(model, _loader(_dataset(task, records, tokenizer, model.config, image_only=True), cfg,
@@ -322,8 +337,8 @@ def baseline_of(checkpoint: str | Path) -> str | None:
     return None
 
 
-def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunConfig, n_bootstrap: int,
-                        seed: int) -> dict[str, dict[str, Any]]:
+def _evaluate_retrieval(model: MedViLLForRetrieval, tokenizer: MedTokenizer, records: list, cfg: RunConfig,
+                        n_bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
     """Trials of ``cfg.eval.n_candidates`` candidates, both directions; bootstrap over trials."""
     e = cfg.eval
     trials = make_trials(records, e.n_candidates, e.seed, e.max_queries)
@@ -345,8 +360,8 @@ def _evaluate_retrieval(model, tokenizer: MedTokenizer, records: list, cfg: RunC
     return out
 
 
-def _evaluate_generation(task: GenerationTask, model, tokenizer: MedTokenizer, records: list, cfg: RunConfig,
-                         n_bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
+def _evaluate_generation(task: GenerationTask, model: PreTrainedModel, tokenizer: MedTokenizer, records: list,
+                         cfg: RunConfig, n_bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
     """Free-running generation on ``records``; BLEU-4, clinical efficacy, perplexity; bootstrap."""
     from .labeler import label_reports
 
@@ -361,7 +376,7 @@ def _evaluate_generation(task: GenerationTask, model, tokenizer: MedTokenizer, r
     nll, n_tokens = task.reference_scores(model, loader)
     scores = GenerationScores(hyps, refs, label_reports(hyps), label_reports(refs), nll, n_tokens)
     summary = bootstrap(len(records), scores.metrics, n_resamples=n_bootstrap, seed=seed)
-    out = {k: s.to_dict() for k, s in summary.items()}
+    out: dict[str, dict[str, Any]] = {k: s.to_dict() for k, s in summary.items()}
     for k, v in scores.metrics(np.arange(len(records))).items():
         out[k]["full"] = v
     out["examples"] = {"mean": float(len(records)), "std": 0.0, "n": n_bootstrap, "values": [],

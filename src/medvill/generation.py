@@ -21,12 +21,25 @@ forbids repeating any n-gram of that size; ``min_length`` forbids [SEP] before i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from .config import MaskScheme
+from .modeling.baselines import TieNet
 from .modeling.encoder import KVCache
 from .modeling.heads import MedViLLForPretraining
+
+# the models that generate reports: MedViLL ([MASK] recovery) and the TieNet baseline (LSTM)
+GenerativeModel = MedViLLForPretraining | TieNet
+
+
+class StepDecoder(Protocol):
+    """Scores the next token of every hypothesis (:class:`_Decoder`, ``TieNet.make_decoder``)."""
+
+    def next_logprobs(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def reorder(self, rows: torch.Tensor) -> None: ...
 
 
 @dataclass
@@ -75,6 +88,7 @@ class _Decoder:
             positions = torch.arange(t + 1 - n, t + 1, device=dev)[None]
             emb = self.base.embeddings
             x = emb.finish(emb.text(new, positions))  # (R, n, D)
+            assert self.cache is not None  # set in __init__ when cached
             past = self.cache[0][0].shape[2]
             mask = torch.ones(r, 1, n, past + n, dtype=torch.bool, device=dev)
             mask[:, :, :, past:] = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
@@ -85,7 +99,9 @@ class _Decoder:
         return self.model.mlm_head(hidden).float().log_softmax(-1)
 
 
-def _block(logprobs: torch.Tensor, tokens: torch.Tensor, cfg: GenerationConfig, sep_id: int, special: list[int]) -> None:
+def _block(
+    logprobs: torch.Tensor, tokens: torch.Tensor, cfg: GenerationConfig, sep_id: int, special: list[int]
+) -> None:
     """In place: forbid special tokens, early [SEP], and repeated n-grams."""
     logprobs[:, special] = float("-inf")
     t = tokens.shape[1]
@@ -104,7 +120,7 @@ def _block(logprobs: torch.Tensor, tokens: torch.Tensor, cfg: GenerationConfig, 
 
 @torch.no_grad()
 def generate(
-    model: MedViLLForPretraining, images: torch.Tensor, cfg: GenerationConfig | None = None, use_cache: bool = True
+    model: GenerativeModel, images: torch.Tensor, cfg: GenerationConfig | None = None, use_cache: bool = True
 ) -> list[list[int]]:
     """Generate one report (token ids, without [SEP]) per image ``(B, 3, H, W)``."""
     cfg = cfg or GenerationConfig()
@@ -118,24 +134,29 @@ def generate(
         model.train(was_training)
 
 
-def generate_naive(model: MedViLLForPretraining, images: torch.Tensor, cfg: GenerationConfig | None = None) -> list[list[int]]:
+def generate_naive(
+    model: GenerativeModel, images: torch.Tensor, cfg: GenerationConfig | None = None
+) -> list[list[int]]:
     """The reference decoder: re-encodes the full sequence at every step."""
     return generate(model, images, cfg, use_cache=False)
 
 
-def _decoder(model, images: torch.Tensor, cached: bool):
+def _decoder(model: GenerativeModel, images: torch.Tensor, cached: bool) -> StepDecoder:
     """The model's own step decoder where it has one (TieNet's LSTM, ``make_decoder``), else
     MedViLL's [MASK]-recovery decoder; both expose ``next_logprobs(tokens)`` and ``reorder(rows)``."""
-    make = getattr(model, "make_decoder", None)
-    return make(images, cached) if make is not None else _Decoder(model, images, cached)
+    if isinstance(model, TieNet):
+        return model.make_decoder(images, cached)
+    return _Decoder(model, images, cached)
 
 
-def _special_ids(model: MedViLLForPretraining) -> tuple[int, list[int]]:
+def _special_ids(model: GenerativeModel) -> tuple[int, list[int]]:
     c = model.config
     return c.sep_token_id, [c.pad_token_id, c.cls_token_id, c.mask_token_id, c.unk_token_id]
 
 
-def _greedy(model, images, cfg, use_cache) -> list[list[int]]:
+def _greedy(
+    model: GenerativeModel, images: torch.Tensor, cfg: GenerationConfig, use_cache: bool
+) -> list[list[int]]:
     sep_id, special = _special_ids(model)
     dec = _decoder(model, images, use_cache)
     b = images.shape[0]
@@ -157,7 +178,9 @@ def _strip(ids: list[int], sep_id: int) -> list[int]:
     return ids[: ids.index(sep_id)] if sep_id in ids else ids
 
 
-def _beam(model, images, cfg, use_cache) -> list[list[int]]:
+def _beam(
+    model: GenerativeModel, images: torch.Tensor, cfg: GenerationConfig, use_cache: bool
+) -> list[list[int]]:
     sep_id, special = _special_ids(model)
     b, nb = images.shape[0], cfg.num_beams
     dev = images.device
@@ -219,7 +242,7 @@ def _beam(model, images, cfg, use_cache) -> list[list[int]]:
 
 @torch.no_grad()
 def reference_nll(
-    model: MedViLLForPretraining, images: torch.Tensor, text_ids: torch.Tensor, text_valid: torch.Tensor
+    model: GenerativeModel, images: torch.Tensor, text_ids: torch.Tensor, text_valid: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Negative log-likelihood of reference reports, all positions in ONE pass.
 
@@ -231,9 +254,8 @@ def reference_nll(
     Returns ``(nll_sum (B,), n_tokens (B,))`` over the valid text tokens (SEP_L included).
     A model with its own ``reference_nll`` (TieNet: one teacher-forced LSTM pass) uses it.
     """
-    own = getattr(model, "reference_nll", None)
-    if own is not None:
-        return own(images, text_ids, text_valid)
+    if isinstance(model, TieNet):
+        return model.reference_nll(images, text_ids, text_valid)
     logprobs = model.sequence_logprobs(text_ids, text_valid, model.medvill.encode_image(images))  # (B, N, V)
     valid = text_valid.bool()
     nll = -logprobs.gather(-1, text_ids[..., None]).squeeze(-1) * valid

@@ -48,7 +48,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -80,13 +80,17 @@ log = logging.getLogger(__name__)
 
 #: An image as the Pipeline accepts it: a file path, a Pillow image or a numpy array.
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
+#: A batch as the Pipeline's methods take it: a list or a tuple (anything else is one input).
+Batch = list[Any] | tuple[Any, ...]
 
 TASKS = ("classification", "retrieval", "vqa", "generation")
 #: The model picked where a folder holds several checkpoints of a task.
 DEFAULT_MODEL = "MedViLL-BAR"
 FINETUNE_INFO = "finetune.json"
 RUN_CONFIG = "run_config.yaml"
-MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+#: A task's model: one of :data:`MODEL_CLASSES`.
+TaskModel = MedViLLForClassification | MedViLLForRetrieval | MedViLLForVQA | MedViLLForPretraining
+MODEL_CLASSES: dict[str, type[TaskModel]] = {
     "classification": MedViLLForClassification, "retrieval": MedViLLForRetrieval, "vqa": MedViLLForVQA,
     "generation": MedViLLForPretraining,
 }
@@ -333,9 +337,10 @@ class ModelInput:
             raise ConfigError(f"{directory}: invalid preprocessing settings {cache} ({exc})") from None
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
+        source = Path(image) if isinstance(image, os.PathLike) else image  # any path object as a Path
         if self.cache is None:
-            return load_image(image, self.image_size)
-        cached = self.cache(image)  # what medvill prepare wrote (an already prepared image stays as it is)
+            return load_image(source, self.image_size)
+        cached = self.cache(source)  # what medvill prepare wrote (an already prepared image stays as it is)
         decoded = Decoded(np.asarray(cached, dtype=np.float32) / 255.0, "prepared",
                           prepared={"settings": self.cache.settings()})
         pixels, _ = Preprocess(image_size=self.image_size).process(decoded)
@@ -373,7 +378,7 @@ def image_from_tensor(x: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class _Loaded:
-    model: PreTrainedModel
+    model: TaskModel
     tokenizer: MedTokenizer
     inputs: ModelInput
     label_names: list[str] = field(default_factory=list)
@@ -478,8 +483,8 @@ class Pipeline:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if task not in self.checkpoints:
             have = ", ".join(f"{t} ({c.path})" for t, c in self.checkpoints.items()) or "none"
-            raise MissingTaskError(f"no {task} checkpoint: {self.source or 'this pipeline'} holds {have}. Fine-tune one "
-                                   f"(medvill finetune {task} --output DIR ...) and load a folder that holds it")
+            raise MissingTaskError(f"no {task} checkpoint: {self.source or 'this pipeline'} holds {have}. Fine-tune "
+                                   f"one (medvill finetune {task} --output DIR ...) and load a folder that holds it")
         return self.checkpoints[task].path
 
     def _get(self, task: str) -> _Loaded:
@@ -494,10 +499,11 @@ class Pipeline:
         model.to(self.device).eval()
         lm = _Loaded(model, MedTokenizer.from_pretrained(ckpt.path),
                      ModelInput.for_checkpoint(ckpt.path, model.config.image_size))
-        if task == "classification":
+        if isinstance(model, MedViLLForClassification):  # the classification task (checked above)
             n = model.num_labels
-            lm.label_names = list(CHEXPERT_OBSERVATIONS) if n == len(CHEXPERT_OBSERVATIONS) else [f"label_{i}" for i in range(n)]
-        if task == "vqa":
+            lm.label_names = (list(CHEXPERT_OBSERVATIONS) if n == len(CHEXPERT_OBSERVATIONS)
+                              else [f"label_{i}" for i in range(n)])
+        if isinstance(model, MedViLLForVQA):  # the VQA task
             path = ckpt.path / ANSWERS_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"{ckpt.path} has no {ANSWERS_FILE}: not a VQA checkpoint")
@@ -553,6 +559,19 @@ class Pipeline:
         return imgs, txts, single_img and single_txt
 
     # ------------------------------------------------------------------ tasks
+    @overload
+    def classify(self, images: ImageInput, report: str | None = None) -> dict[str, float]: ...
+
+    @overload
+    def classify(self, images: Batch, report: str | Batch | None = None) -> list[dict[str, float]]: ...
+
+    @overload
+    def classify(self, images: ImageInput | Batch, report: Batch) -> list[dict[str, float]]: ...
+
+    @overload
+    def classify(self, images: ImageInput | Sequence[ImageInput], report: str | Sequence[str] | None = None
+                 ) -> dict[str, float] | list[dict[str, float]]: ...
+
     @torch.no_grad()
     def classify(self, images: ImageInput | Sequence[ImageInput], report: str | Sequence[str] | None = None
                  ) -> dict[str, float] | list[dict[str, float]]:
@@ -566,8 +585,22 @@ class Pipeline:
         for s in _chunks(len(imgs), self.batch_size):
             ids, valid = self._texts(lm, reports[s])
             logits = lm.model(ids, valid, images=self._images(lm, imgs[s])).logits.float()
-            out += [dict(zip(lm.label_names, map(float, row), strict=True)) for row in torch.sigmoid(logits).cpu().numpy()]
+            out += [dict(zip(lm.label_names, map(float, row), strict=True))
+                    for row in torch.sigmoid(logits).cpu().numpy()]
         return out[0] if single else out
+
+    @overload
+    def generate(self, images: ImageInput, num_beams: int = 1, max_length: int | None = None,
+                 length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_length: int = 1) -> str: ...
+
+    @overload
+    def generate(self, images: Batch, num_beams: int = 1, max_length: int | None = None,
+                 length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_length: int = 1) -> list[str]: ...
+
+    @overload
+    def generate(self, images: ImageInput | Sequence[ImageInput], num_beams: int = 1, max_length: int | None = None,
+                 length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_length: int = 1
+                 ) -> str | list[str]: ...
 
     @torch.no_grad()
     def generate(self, images: ImageInput | Sequence[ImageInput], num_beams: int = 1, max_length: int | None = None,
@@ -576,7 +609,9 @@ class Pipeline:
         never teacher-forced).  ``num_beams`` 1 = greedy; ``max_length``: report tokens (default
         the model's ``max_text_len - 1``); see :class:`~medvill.generation.GenerationConfig`."""
         lm = self._get("generation")
-        limit = lm.model.config.max_text_len - 1
+        model = lm.model
+        assert isinstance(model, MedViLLForPretraining)  # _get checked the class of the generation checkpoint
+        limit = model.config.max_text_len - 1
         if max_length is not None and not 1 <= max_length <= limit:
             raise ValueError(f"max_length must lie in 1..{limit} (the model's max_text_len - 1), got {max_length}")
         if num_beams < 1:
@@ -586,8 +621,21 @@ class Pipeline:
         imgs, single = _as_list(images)
         out: list[str] = []
         for s in _chunks(len(imgs), self.batch_size):
-            out += [lm.tokenizer.decode(ids) for ids in generate_ids(lm.model, self._images(lm, imgs[s]), cfg)]
+            out += [lm.tokenizer.decode(ids) for ids in generate_ids(model, self._images(lm, imgs[s]), cfg)]
         return out[0] if single else out
+
+    @overload
+    def answer(self, images: ImageInput, question: str, top_k: int = 3) -> Answer: ...
+
+    @overload
+    def answer(self, images: Batch, question: str | Batch, top_k: int = 3) -> list[Answer]: ...
+
+    @overload
+    def answer(self, images: ImageInput | Batch, question: Batch, top_k: int = 3) -> list[Answer]: ...
+
+    @overload
+    def answer(self, images: ImageInput | Sequence[ImageInput], question: str | Sequence[str],
+               top_k: int = 3) -> Answer | list[Answer]: ...
 
     @torch.no_grad()
     def answer(self, images: ImageInput | Sequence[ImageInput], question: str | Sequence[str],
@@ -677,8 +725,8 @@ class Pipeline:
         todo = list(pending.items())
         for s in _chunks(len(todo), self.batch_size):
             chunk = todo[s]
-            x = torch.stack([t if t is not None else lm.inputs(images[idx[0]]) for _, (idx, t) in chunk])
-            out = lm.model.medvill.encode_image(x.to(self.device))  # (B, K, C)
+            pixels = torch.stack([t if t is not None else lm.inputs(images[idx[0]]) for _, (idx, t) in chunk])
+            out = lm.model.medvill.encode_image(pixels.to(self.device))  # (B, K, C)
             self.cnn_passes += len(chunk)
             for (key, (idx, _)), f in zip(chunk, out, strict=True):
                 for i in idx:

@@ -28,7 +28,6 @@ CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "Support Devices",
 )
 NUM_OBSERVATIONS = len(CHEXPERT_OBSERVATIONS)
-VALID_VALUES = (1, 0, -1, None)
 
 
 def labels_to_vector(labels: Mapping[str, int | float | None]) -> np.ndarray:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -18,6 +20,7 @@ from .config import ModelConfig, RunConfig
 from .data.collate import LengthGroupedSampler, MLMSpec, PretrainCollator, PretrainDataset
 from .data.records import Record
 from .data.registry import load_records
+from .data.task_data import ImageTextDataset
 from .modeling.bert_init import bert_model_config, load_bert_weights, resolve_bert_dir
 from .modeling.heads import MedViLLForPretraining
 from .tokenization import MedTokenizer
@@ -92,7 +95,9 @@ def build_tokenizer(cfg: RunConfig, texts: list[str], bert_dir: Path | None = No
         return MedTokenizer.from_vocab(bert_dir / "vocab.txt", lowercase=cfg.tokenizer.lowercase)
     if cfg.tokenizer.vocab:
         path = Path(cfg.tokenizer.vocab)
-        return MedTokenizer.from_pretrained(path) if path.is_dir() else MedTokenizer.from_vocab(path, cfg.tokenizer.lowercase)
+        if path.is_dir():
+            return MedTokenizer.from_pretrained(path)
+        return MedTokenizer.from_vocab(path, cfg.tokenizer.lowercase)
     return MedTokenizer.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, cfg.tokenizer.lowercase)
 
 
@@ -105,14 +110,15 @@ def model_config_for(cfg: RunConfig, tokenizer: MedTokenizer, bert_dir: Path | N
     )
 
 
-def data_loader(dataset, cfg: RunConfig, collate, train: bool) -> DataLoader:
+def data_loader(dataset: PretrainDataset | ImageTextDataset, cfg: RunConfig,
+                collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]], train: bool) -> DataLoader:
     """The loader of a training (shuffled, seeded, full batches) or evaluation (every item
     once) split.  With ``train.length_grouping`` > 0 the batches hold reports of similar
     length (:class:`~medvill.data.collate.LengthGroupedSampler`); evaluation then visits the
     items shortest first (every evaluation puts its results back in data set order)."""
     t = cfg.train
     lengths = [len(ids) for ids in dataset.text_ids]
-    common = dict(batch_size=t.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
+    common: dict[str, Any] = dict(batch_size=t.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
     if train:
         drop_last = len(dataset) >= t.batch_size
         if t.length_grouping:
@@ -168,6 +174,7 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
             return task.validate(m, val_loader)
 
     def save(model_: torch.nn.Module, directory: Path) -> None:
+        assert isinstance(model_, MedViLLForPretraining)  # fit hands back the (unwrapped) model it trains
         model_.save_pretrained(directory, tokenizer=tokenizer, extra_files={RUN_CONFIG_NAME: cfg.to_yaml()})
 
     console.print(

@@ -23,7 +23,9 @@ TOKENIZER_NAME = "tokenizer.json"
 
 
 def _configure(tok: Tokenizer, lowercase: bool) -> Tokenizer:
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
@@ -36,16 +38,18 @@ class TokenizerFileError(ValueError):
 class MedTokenizer:
     """A thin, typed wrapper around a ``tokenizers.Tokenizer`` with a WordPiece model."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
-        missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+        special = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        ids = {t: i for t, i in special.items() if i is not None}
+        missing = [t for t in SPECIAL_TOKENS if t not in ids]
         if missing:
             raise ValueError(f"the vocabulary lacks the special tokens {missing}")
-        self.pad_id = tokenizer.token_to_id("[PAD]")
-        self.unk_id = tokenizer.token_to_id("[UNK]")
-        self.cls_id = tokenizer.token_to_id("[CLS]")
-        self.sep_id = tokenizer.token_to_id("[SEP]")
-        self.mask_id = tokenizer.token_to_id("[MASK]")
+        self.pad_id = ids["[PAD]"]
+        self.unk_id = ids["[UNK]"]
+        self.cls_id = ids["[CLS]"]
+        self.sep_id = ids["[SEP]"]
+        self.mask_id = ids["[MASK]"]
         self.special_ids = frozenset({self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id})
 
     # ------------------------------------------------------------------ construction
@@ -70,7 +74,8 @@ class MedTokenizer:
             words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
         tokens = learn_wordpiece_vocab(words, vocab_size - len(SPECIAL_TOKENS), min_frequency)
         vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *tokens])}
-        tok = _configure(Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)), lowercase)
+        model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+        tok = _configure(Tokenizer(model), lowercase)
         return cls(tok)
 
     @classmethod
@@ -93,7 +98,8 @@ class MedTokenizer:
             vocab[token] = i
         if not vocab:
             raise ValueError(f"{path}: the vocabulary is empty")
-        tok = _configure(Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)), lowercase)
+        model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+        tok = _configure(Tokenizer(model), lowercase)
         return cls(tok)
 
     @classmethod
@@ -138,7 +144,13 @@ class MedTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
-        return [self._tok.id_to_token(i) for i in ids]
+        tokens: list[str] = []
+        for i in ids:
+            token = self._tok.id_to_token(i)
+            if token is None:
+                raise ValueError(f"token id {i} is not in the vocabulary (size {self._tok.get_vocab_size()})")
+            tokens.append(token)
+        return tokens
 
 
 def learn_wordpiece_vocab(word_counts: Counter[str], size: int, min_frequency: int = 2) -> list[str]:

@@ -86,7 +86,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fr) != 3 or any(not math.isfinite(x) or x < 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1 "
                          f"(train, validate, test); got {tuple(fractions)!r}")
-    return fr  # type: ignore[return-value]
+    return fr
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,18 +275,6 @@ def read_jsonl_lines(path: str | Path, rows: RowPolicy) -> Iterator[tuple[int, d
             yield lineno, obj
 
 
-def resolve_path(value: str | Path, *bases: Path) -> Path:
-    """An absolute path as is; a relative one under the first base where it exists (else the
-    first base)."""
-    p = Path(value)
-    if p.is_absolute() or not bases:
-        return p
-    for base in bases:
-        if (base / p).exists():
-            return base / p
-    return bases[0] / p
-
-
 # ---------------------------------------------------------------------------------------
 # splits, sorting, text
 # ---------------------------------------------------------------------------------------
@@ -364,7 +352,7 @@ def parse_label_value(value: Any) -> float:
 def default_labeler() -> Labeler:
     """``medvill.labeler.label_reports``, imported on first use."""
     try:
-        from ..labeler import label_reports  # type: ignore[attr-defined]
+        from ..labeler import label_reports
     except ImportError as exc:
         raise ImportError(f"labels from report text need medvill.labeler.label_reports, which cannot be "
                           f"imported ({exc}); pass labeler=... or use the data set's own labels") from exc

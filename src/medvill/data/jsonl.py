@@ -36,7 +36,7 @@ naming the file and the column.  Records are sorted by id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def _resolve_file(path: Path, split: str) -> Path:
     return path
 
 
-def _csv_rows(path: Path, rows: RowPolicy):
+def _csv_rows(path: Path, rows: RowPolicy) -> Iterator[tuple[int, dict[str, Any]]]:
     import csv
 
     with open_text(path, errors="surrogateescape") as fh:
@@ -138,7 +138,7 @@ def _csv_rows(path: Path, rows: RowPolicy):
         yield lineno, out
 
 
-def _jsonl_rows(path: Path, rows: RowPolicy):
+def _jsonl_rows(path: Path, rows: RowPolicy) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, obj in read_jsonl_lines(path, rows):
         image_key = next((k for k in IMAGE_KEYS if k in obj), None)
         if image_key is None:

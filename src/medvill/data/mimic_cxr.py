@@ -94,7 +94,6 @@ KNOWN_VIEWS = frozenset({
     "PA", "AP", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO", "RAO", "LPO",
     "XTABLE LATERAL", "SWIMMERS",
 })
-FRONTAL_VIEWS = ("PA", "AP")
 SECTIONS = ("longer", "findings", "impression", "both")
 LABEL_SOURCES = ("official", "labeler", "none")
 
@@ -254,7 +253,8 @@ def _read_chexpert(path: Path, rows: RowPolicy) -> tuple[dict[str, np.ndarray], 
                 try:
                     vec[i] = parse_label_value(row[name])
                 except ValueError:
-                    raise ValueError(f"column {name!r} has value {row[name]!r}; expected 1.0, 0.0, -1.0 or blank") from None
+                    raise ValueError(f"column {name!r} has value {row[name]!r}; "
+                                     f"expected 1.0, 0.0, -1.0 or blank") from None
         except ValueError as exc:
             rows.bad(str(exc), where)
             bad.add(study)

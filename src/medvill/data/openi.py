@@ -183,7 +183,7 @@ def _find_xml_source(root: Path, reports: str | Path | None) -> Path:
 
 
 def _parse_all(source: Path) -> tuple[tuple[str, OpenIReport | None, str], ...]:
-    out = []
+    out: list[tuple[str, OpenIReport | None, str]] = []
     for where, stem, data in _xml_sources(source):
         try:
             out.append((where, _parse_report_xml(data, stem, where), ""))
@@ -513,9 +513,10 @@ def load_openi_csv(
     root = Path(root)
     rep_path = Path(reports_csv) if reports_csv is not None else find_optional(root, REPORTS_CSV_NAMES)
     proj_path = Path(projections_csv) if projections_csv is not None else find_optional(root, PROJECTIONS_NAMES)
-    for p, name in ((rep_path, REPORTS_CSV_NAMES[0]), (proj_path, PROJECTIONS_NAMES[0])):
-        if p is None or not p.is_file():
-            raise FileNotFoundError(f"Open-I CSV layout: {p or root / name} not found")
+    if rep_path is None or not rep_path.is_file():
+        raise FileNotFoundError(f"Open-I CSV layout: {rep_path or root / REPORTS_CSV_NAMES[0]} not found")
+    if proj_path is None or not proj_path.is_file():
+        raise FileNotFoundError(f"Open-I CSV layout: {proj_path or root / PROJECTIONS_NAMES[0]} not found")
     image_dir = Path(images) if images is not None else _first_dir(
         root / "images" / "images_normalized", root / "images_normalized", root / "images", root)
     rows = RowPolicy(policy, skips, rep_path)

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -59,6 +59,9 @@ from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS, labels_to_vector
 from ..workers import init_worker
 from .records import Record, SkipReport
 from .transforms import PREPARED_KEY, Preprocess, to_uint8, warn_once
+
+if TYPE_CHECKING:  # rich is imported only when a progress bar is shown
+    from rich.progress import Progress, Task
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +262,8 @@ def _check_output(output: Path, settings: dict, overwrite: bool) -> None:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
                              if old.get(k) != settings.get(k))
             if info.get("format_version") != FORMAT_VERSION:
-                diff = f"format version {info.get('format_version')!r} -> {FORMAT_VERSION}" + (f", {diff}" if diff else "")
+                diff = (f"format version {info.get('format_version')!r} -> {FORMAT_VERSION}"
+                        + (f", {diff}" if diff else ""))
             raise PrepareSettingsError(
                 f"{output} already holds prepared images made with other settings ({diff}); "
                 f"choose another output folder, or pass --overwrite (overwrite=True) to replace them")
@@ -293,7 +297,7 @@ def _describe_source(records: Sequence[Record]) -> str:
     return f"{len(records)} records under {root} ({', '.join(f'{n} {s}' for s, n in sorted(splits.items()))})"
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool) -> Progress | None:
     if not enabled:
         return None
     from rich.progress import (
@@ -308,7 +312,7 @@ def _progress(enabled: bool):
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
-        def render(self, task):  # noqa: ANN001
+        def render(self, task: Task) -> Text:
             return Text(f"{task.speed:.1f} images/s" if task.speed else "- images/s", style="progress.data.speed")
 
     return Progress(TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), RateColumn(),
@@ -405,7 +409,7 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
             bar.stop()
 
     rows, skipped, warned = [], [], []
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for i, (record, name) in enumerate(zip(records, names)):
         state, detail = status[i]
         counts[state] += 1

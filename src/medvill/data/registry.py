@@ -20,8 +20,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .records import Record, SkipReport, read_jsonl_records
+
+if TYPE_CHECKING:  # vqa_rad is imported on first use
+    from .vqa_rad import VQAItem
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def load_records(dataset: str, root: str | Path | None, split: str, *, image_siz
     """Image-report records of one split of a data set (see the module docstring).  ``skips``:
     a report to count the bad rows in (shared across calls, e.g. by ``medvill prepare``)."""
     _check(dataset, split)
-    if is_prepared(root):
+    if root is not None and is_prepared(root):
         from .prepare import load_prepared
 
         return load_prepared(root, split)
@@ -95,7 +99,8 @@ def load_records(dataset: str, root: str | Path | None, split: str, *, image_siz
 
 
 def load_vqa(dataset: str, root: str | Path | None, split: str, *, organ: str = "ALL", image_size: int = 128,
-             synthetic_n: int = 2000, synthetic_seed: int = 0, policy: str = "skip", validate_by: str = "image"):
+             synthetic_n: int = 2000, synthetic_seed: int = 0, policy: str = "skip",
+             validate_by: str = "image") -> list[VQAItem]:
     """VQA items of one split: ``vqa_rad`` or the synthetic data set's questions."""
     from .vqa_rad import load_vqa_rad
 

@@ -124,7 +124,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -454,6 +454,7 @@ def _dome_line(A: Anatomy, X: np.ndarray, dome_raise: dict[str, float]) -> np.nd
         base = A.lung_cy + 0.93 * A.lung_b - dome_raise[side] - (A.right_dome_up if side == "right" else 0.0)
         d = base - A.dome_h * np.clip(1 - ((X - (lx - s * 0.2 * a)) / (1.1 * a)) ** 2, 0, 1) ** 0.7
         out = d if out is None else np.minimum(out, d)
+    assert out is not None  # both sides were drawn
     return out
 
 
@@ -468,7 +469,8 @@ def _to_pixels(points: Sequence[tuple[float, float]], A: Anatomy, size: float) -
     return out
 
 
-def _bezier(p0, p1, p2, n: int = 24) -> list[tuple[float, float]]:
+def _bezier(p0: tuple[float, float], p1: tuple[float, float], p2: tuple[float, float],
+            n: int = 24) -> list[tuple[float, float]]:
     t = np.linspace(0, 1, n)
     x = (1 - t) ** 2 * p0[0] + 2 * (1 - t) * t * p1[0] + t ** 2 * p2[0]
     y = (1 - t) ** 2 * p0[1] + 2 * (1 - t) * t * p1[1] + t ** 2 * p2[1]
@@ -643,7 +645,8 @@ def render_image(anatomy: Anatomy, findings: Sequence[Finding], image_size: int)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _bones(D, g: _Grid, A: Anatomy, lungs, lung_any, body, fractures: Sequence[Finding], no_marks) -> None:
+def _bones(D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung], lung_any: np.ndarray, body: np.ndarray,
+           fractures: Sequence[Finding], no_marks: Mapping[str, np.ndarray | float]) -> None:
     """Posterior ribs (10 per side), fainter anterior ribs, clavicles; rib/clavicle fractures."""
     th = 0.0115 * A.scale
     rib_breaks: dict[tuple[str, int], Finding] = {}
@@ -707,11 +710,11 @@ def _bones(D, g: _Grid, A: Anatomy, lungs, lung_any, body, fractures: Sequence[F
         dc = (np.abs(X - A.cx) - 0.04 * A.scale) / (0.3 * A.scale)
         yc = A.rib_top + 0.1 - 0.08 * dc + 0.025 * np.sin(np.pi * np.clip(dc, 0, 1))
         gap = 1.0
-        f = clav_breaks.get(side)
-        if f is not None:
-            bk = float(f.params.get("break_at", 0.5))
-            yc = yc + float(f.params.get("step", 1.2)) * 0.014 * A.scale * _soft(dc - bk, 0.01)
-            gap = 1.0 - np.exp(-(((dc - bk) * 0.3 * A.scale / float(f.params.get("gap", 0.012))) ** 2))
+        fc = clav_breaks.get(side)
+        if fc is not None:
+            bk = float(fc.params.get("break_at", 0.5))
+            yc = yc + float(fc.params.get("step", 1.2)) * 0.014 * A.scale * _soft(dc - bk, 0.01)
+            gap = 1.0 - np.exp(-(((dc - bk) * 0.3 * A.scale / float(fc.params.get("gap", 0.012))) ** 2))
         clav = np.exp(-(((Y - yc) / (0.014 * A.scale)) ** 2)) * _soft(dc, 0.02) * _soft(1.0 - dc, 0.03)
         D[b] += 0.16 * clav * gap * body[b] * _soft((X - A.cx) * s, 0.005)
 
@@ -719,7 +722,7 @@ def _bones(D, g: _Grid, A: Anatomy, lungs, lung_any, body, fractures: Sequence[F
 # --- finding painters: each adds its density to D in place --------------------------------
 
 
-def _paint_effusion(f: Finding, D, g: _Grid, A, lungs) -> None:
+def _paint_effusion(f: Finding, D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung]) -> None:
     """Fluid fills the aerated lung below a meniscus that rises towards the chest wall."""
     for side in _sides(f.side):
         lg = lungs[side]
@@ -738,7 +741,7 @@ def _lobe_point(lg: _Lung, zone: str, du: float, dv: float) -> tuple[float, floa
     return lg.point(u + du, v)
 
 
-def _paint_airspace(f: Finding, D, g: _Grid, A, lungs) -> None:
+def _paint_airspace(f: Finding, D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung]) -> None:
     """Lung Opacity (patchy), Consolidation (dense, air bronchograms), Pneumonia (between)."""
     rng = np.random.default_rng(int(f.params.get("tex", 0)))
     patch_full = _field(rng, 9, g.S)
@@ -768,7 +771,7 @@ def _paint_airspace(f: Finding, D, g: _Grid, A, lungs) -> None:
         D[lg.box] += amp * blob * texture * lg.mask * (lg.depth + 0.05)
 
 
-def _paint_lesion(f: Finding, D, g: _Grid, A, lungs) -> None:
+def _paint_lesion(f: Finding, D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung]) -> None:
     """A round nodule, or a larger lobulated mass."""
     lg = lungs[f.side or "right"]
     cxp, cyp = lg.point(float(f.params.get("u", 0.1)), float(f.params.get("v", -0.2)))
@@ -782,7 +785,7 @@ def _paint_lesion(f: Finding, D, g: _Grid, A, lungs) -> None:
     D[lg.box] += amp * core * (0.85 + 0.15 * np.clip(1 - d / rr, 0, 1)) * (0.3 + 0.7 * lg.ell)
 
 
-def _paint_edema(f: Finding, D, g: _Grid, A, lungs) -> None:
+def _paint_edema(f: Finding, D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung]) -> None:
     """Bilateral perihilar haze (the interstitial markings are coarsened in render_image)."""
     rng = np.random.default_rng(int(f.params.get("tex", 0)))
     patch = _field(rng, 8, g.S)
@@ -793,7 +796,7 @@ def _paint_edema(f: Finding, D, g: _Grid, A, lungs) -> None:
         D[lg.box] += amp * gauss * (0.8 + 0.2 * patch[lg.box]) * lg.mask
 
 
-def _paint_atelectasis(f: Finding, D, g: _Grid, A, lungs) -> None:
+def _paint_atelectasis(f: Finding, D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung]) -> None:
     """A thin plate-like band just above the hemidiaphragm."""
     for i, side in enumerate(_sides(f.side)):
         lg = lungs[side]
@@ -809,7 +812,7 @@ def _paint_atelectasis(f: Finding, D, g: _Grid, A, lungs) -> None:
         D[lg.box] += float(f.params.get("amp", 0.35)) * band * lg.mask
 
 
-def _paint_pleural_other(f: Finding, D, g: _Grid, A, lungs) -> None:
+def _paint_pleural_other(f: Finding, D: np.ndarray, g: _Grid, A: Anatomy, lungs: dict[str, _Lung]) -> None:
     """Pleural thickening: a soft-tissue rim along the lateral lung edge, or an apical cap."""
     lg = lungs[f.side or "right"]
     t = float(f.params.get("thickness", 0.025)) / lg.a
@@ -833,7 +836,7 @@ _PAINTERS = {
 }
 
 
-def _draw_devices(f: Finding, A: Anatomy, lungs, S: int) -> np.ndarray:
+def _draw_devices(f: Finding, A: Anatomy, lungs: dict[str, _Lung], S: int) -> np.ndarray:
     """Support devices as an antialiased coverage map in [0, 1] (drawn at 2x, box-reduced)."""
     k = 2
     size = S * k
@@ -841,7 +844,7 @@ def _draw_devices(f: Finding, A: Anatomy, lungs, S: int) -> np.ndarray:
     draw = ImageDraw.Draw(canvas)
     lw = max(2, int(round(size / 80)))
 
-    def line(points, width=lw, level=255):
+    def line(points: Sequence[tuple[float, float]], width: int = lw, level: int = 255) -> None:
         draw.line(_to_pixels(points, A, size), fill=level, width=width, joint="curve")
 
     cx = A.cx
@@ -879,8 +882,8 @@ def _draw_devices(f: Finding, A: Anatomy, lungs, S: int) -> np.ndarray:
             lg = lungs[side]
             entry = lg.point(1.15, 0.5)
             mid = lg.point(0.75, 0.0)
-            tip = lg.point(0.2, -0.8)
-            line([(entry[0] + lg.sgn * 0.05, entry[1] + 0.02)] + _bezier(entry, mid, tip), width=lw + 2)
+            tube_tip = lg.point(0.2, -0.8)
+            line([(entry[0] + lg.sgn * 0.05, entry[1] + 0.02)] + _bezier(entry, mid, tube_tip), width=lw + 2)
         elif dev == "ecg":
             for j, (ex, ey) in enumerate(f.params.get("ecg_at", [])):
                 r = 0.022
@@ -913,8 +916,8 @@ _DEVICE_P = (0.3, 0.18, 0.17, 0.15, 0.22, 0.2)
 def _pick(rng: np.random.Generator, seq: Sequence[Any], p: Sequence[float] | None = None) -> Any:
     if p is None:
         return seq[int(rng.integers(len(seq)))]
-    p = np.asarray(p, dtype=np.float64)
-    return seq[int(rng.choice(len(seq), p=p / p.sum()))]
+    pa = np.asarray(p, dtype=np.float64)
+    return seq[int(rng.choice(len(seq), p=pa / pa.sum()))]
 
 
 def _lr(rng: np.random.Generator) -> str:
@@ -1554,7 +1557,7 @@ def _device_name(dev: str) -> str:
 
 
 def make_questions(drawn: Sequence[Finding], labels: dict[str, int | None], n: int,
-                   rng: np.random.Generator) -> list[dict[str, str]]:
+                   rng: np.random.Generator) -> list[dict[str, Any]]:
     """``n`` question dicts (question, answer, answer_type, question_type) about one image.
 
     About half are CLOSED yes/no (the wanted answer is drawn first, so yes and no are
@@ -1655,7 +1658,7 @@ def make_questions(drawn: Sequence[Finding], labels: dict[str, int | None], n: i
                ("What plane is this image in?", "pa", "PLANE"), ("What part of the body is shown?", "chest", "ORGAN"),
                ("What organ system is imaged?", "chest", "ORGAN")]
 
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     used: set[str] = set()
     first_closed = rng.random() < 0.5
     for j in range(n):
@@ -1706,7 +1709,7 @@ def _check_fractions(split_fractions: Sequence[float]) -> tuple[float, float, fl
     if len(fr) != 3 or any(not math.isfinite(x) or x < 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(f"split_fractions must be three non-negative numbers summing to 1 "
                          f"(train, validate, test); got {tuple(split_fractions)!r}")
-    return fr  # type: ignore[return-value]
+    return fr
 
 
 def cardiothoracic_ratio(anatomy: Anatomy, drawn: Sequence[Finding] = ()) -> float:

@@ -57,9 +57,10 @@ import logging
 import math
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -68,6 +69,8 @@ if TYPE_CHECKING:  # torch is imported lazily so that image workers start fast
     import torch
 
 log = logging.getLogger(__name__)
+
+_ImageT = TypeVar("_ImageT", np.ndarray, Image.Image)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -317,13 +320,15 @@ def _minmax(values: np.ndarray) -> np.ndarray:
 
 # --- DICOM ------------------------------------------------------------------------------------
 
-def _pydicom_fn(name: str):
+def _pydicom_fn(name: str) -> Callable[..., Any]:
     """A pixel helper from pydicom 3 (``pydicom.pixels``) or pydicom 2 (``pixel_data_handlers``)."""
     try:
-        from pydicom import pixels as mod
+        from pydicom import pixels
     except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers import util as mod
-    return getattr(mod, name)
+        from pydicom.pixel_data_handlers import util
+
+        return getattr(util, name)
+    return getattr(pixels, name)
 
 
 def _missing_decoder_message(path: Path, ts: Any) -> str | None:
@@ -532,8 +537,8 @@ def _cap(first: int, last: int, n: int, max_crop: float) -> tuple[int, int]:
     return first * limit // total, last * limit // total
 
 
-def crop_margins(img: np.ndarray | Image.Image, threshold: float = CROP_THRESHOLD, *,
-                 max_crop: float = MAX_CROP, line_fraction: float = CROP_LINE_FRACTION):
+def crop_margins(img: _ImageT, threshold: float = CROP_THRESHOLD, *,
+                 max_crop: float = MAX_CROP, line_fraction: float = CROP_LINE_FRACTION) -> _ImageT:
     """Cut the uniform borders ("marginal space") of an X-ray: black or white frames,
     collimation, scanner padding.  Returns the same type (float array in [0, 1] or Pillow image).
 

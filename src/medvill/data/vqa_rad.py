@@ -48,7 +48,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,8 @@ def _read_json_list(path: Path) -> list[Any]:
 _REQUIRED = ("qid", "image_name", "question", "answer", "answer_type", "image_organ")
 
 
-def _parse_items(entries: Iterable[tuple[Any, Any]], path: Path, image_dir: Path, split_of, rows: RowPolicy,
-                 check_images: bool) -> list[VQAItem]:
+def _parse_items(entries: Iterable[tuple[Any, Any]], path: Path, image_dir: Path, split_of: Callable[[str], str],
+                 rows: RowPolicy, check_images: bool) -> list[VQAItem]:
     items: list[VQAItem] = []
     seen: set[str] = set()
     exists: dict[str, bool] = {}

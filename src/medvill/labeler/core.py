@@ -92,7 +92,7 @@ Label values: 1 positive, 0 negative, -1 uncertain, nan blank (not mentioned).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -122,7 +122,7 @@ def _observation_name(stem: str) -> str:
 def load_phrases(kind: str) -> dict[str, list[str]]:
     """``{observation: [phrase, ...]}`` from ``rules/phrases/<kind>/*.txt`` (kind = mention |
     unmention); ``_`` in a phrase stands for a space, as in the original."""
-    root = resources.files("medvill.labeler").joinpath("rules", "phrases", kind)
+    root = resources.files("medvill.labeler") / "rules" / "phrases" / kind
     out: dict[str, list[str]] = {}
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".txt"):
@@ -678,8 +678,21 @@ def _mark_scopes(s: _Sentence) -> None:
     n = len(toks)
     neg, pre_unc, post_unc = s.neg, s.pre_unc, s.post_unc
 
-    def fwd(i: int, marks: bytearray, reach: frozenset[str] = _ALL_ROLES, cardio: bool = False, **kw) -> None:
-        for a, b, is_object in _forward_region(toks, clause, i, **kw):
+    def fwd(
+        i: int,
+        marks: bytearray,
+        reach: frozenset[str] = _ALL_ROLES,
+        cardio: bool = False,
+        *,
+        pass_of: bool = False,
+        pass_preps: frozenset[str] = frozenset(),
+        max_len: int = 1000,
+        bridge: frozenset[str] = frozenset(),
+    ) -> None:
+        regions = _forward_region(
+            toks, clause, i, pass_of=pass_of, pass_preps=pass_preps, max_len=max_len, bridge=bridge
+        )
+        for a, b, is_object in regions:
             if b > a:
                 _mark(_np_roles(toks, a, b), marks, reach & _HCC if is_object else reach, toks if cardio else None)
 
@@ -916,7 +929,13 @@ def _parser_quirks(s: _Sentence) -> None:
                     clear(j)
 
 
-def _within_normal_limits(s: _Sentence, w: int, bwd, wnl_reach, head_only) -> None:
+def _within_normal_limits(
+    s: _Sentence,
+    w: int,
+    bwd: Callable[[int, bytearray, dict[str, frozenset[str]]], None],
+    wnl_reach: dict[str, frozenset[str]],
+    head_only: dict[str, frozenset[str]],
+) -> None:
     """Negation by "within normal limits" (``w`` = the token "within").
 
     A verbless "X within normal limits" inside a longer clause attaches, in the parse, to

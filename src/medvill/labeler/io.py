@@ -117,9 +117,9 @@ def _iter_csv(path: Path, text_column: str | None) -> Iterator[tuple[str, str]]:
         col = header.index(text_column) if text_column in header else lower.index(text_column.lower())
         body = rows[1:]
     else:
-        col = next((lower.index(name) for name in REPORT_COLUMNS if name in lower), None)
-        if col is not None:
-            body = rows[1:]
+        found = next((lower.index(name) for name in REPORT_COLUMNS if name in lower), None)
+        if found is not None:
+            col, body = found, rows[1:]
         elif all(len(r) == 1 for r in rows):
             col, body = 0, rows  # a header-less one-column CSV (the original labeler's input)
         else:

@@ -30,7 +30,9 @@ tolerance, tested):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -40,15 +42,20 @@ from torch import nn
 from ..config import ModelConfig
 from .masks import MaskMod
 
-ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU
+}
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 FLEX_COMPILE = True  # False: FlexAttention's unfused reference implementation (checking only)
-_compiled_flex = None
+_compiled_flex: Callable[..., torch.Tensor] | None = None
 
 
-def _flex_attention():
+def _flex_attention() -> Callable[..., torch.Tensor]:
     """``flex_attention``, compiled once per process (the fused kernel) unless ``FLEX_COMPILE`` is off."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
@@ -60,7 +67,7 @@ def _flex_attention():
     return _compiled_flex
 
 
-def flex_block_mask(mask: torch.Tensor, mask_mod: MaskMod | None = None):
+def flex_block_mask(mask: torch.Tensor, mask_mod: MaskMod | None = None) -> BlockMask:
     """A FlexAttention ``BlockMask`` for the boolean mask ``(B, 1, S, S_total)``.
 
     ``mask_mod``: the same mask as an index function (``scheme_mask_mod(...,
@@ -72,7 +79,7 @@ def flex_block_mask(mask: torch.Tensor, mask_mod: MaskMod | None = None):
     if mask_mod is None:
         dense = mask[:, 0]
 
-        def mask_mod(bi, h, q, kv):  # noqa: ANN001, ANN202 - FlexAttention's signature
+        def mask_mod(bi: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
             return dense[bi, q, kv]
 
     # on CUDA the mask is evaluated by a compiled kernel (eager vmap: about 10 ms a batch on an H200)
@@ -107,7 +114,7 @@ class BertSelfAttention(nn.Module):
         past: KVCache | None = None,
         output_attentions: bool = False,
         impl: str = "sdpa",  # sdpa | eager | flex (output_attentions forces eager)
-        block_mask=None,  # FlexAttention BlockMask for impl="flex"  # noqa: ANN001
+        block_mask: BlockMask | None = None,  # FlexAttention BlockMask for impl="flex"
     ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
         q = self._split(self.query(hidden))
         k = self._split(self.key(hidden))
@@ -197,7 +204,7 @@ class BertLayer(nn.Module):
         past: KVCache | None = None,
         output_attentions: bool = False,
         impl: str = "sdpa",
-        block_mask=None,  # noqa: ANN001
+        block_mask: BlockMask | None = None,
     ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
         ctx, kv, probs = self.attention.self(hidden, mask, past, output_attentions, impl, block_mask)
         attn_out = self.attention.output(ctx, hidden)
@@ -247,8 +254,8 @@ class BertEncoder(nn.Module):
             impl = "sdpa"  # cached decoding steps: a block mask has nothing to skip
         block_mask = flex_block_mask(mask, mask_mod) if impl == "flex" else None
         all_hidden = [hidden] if output_hidden_states else None
-        all_attn = [] if output_attentions else None
-        cache = [] if use_cache else None
+        all_attn: list[torch.Tensor] | None = [] if output_attentions else None
+        cache: list[KVCache] | None = [] if use_cache else None
         for i, layer in enumerate(self.layer):
             past = past_key_values[i] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

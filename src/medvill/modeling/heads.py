@@ -180,7 +180,8 @@ class MedViLLForPretraining(PreTrainedModel):
         )
         mlm_loss, mlm_acc = zero, zero
         if mlm_labels is not None:
-            positions = torch.nonzero(mlm_labels != -100, as_tuple=True)
+            mlm_rows, mlm_cols = torch.nonzero(mlm_labels != -100, as_tuple=True)  # mlm_labels is (B, T)
+            positions = (mlm_rows, mlm_cols)
             if positions[0].numel():
                 logits = self.mlm_logits(out, positions)  # (M, V)
                 targets = mlm_labels[positions]
@@ -201,7 +202,8 @@ class MedViLLForPretraining(PreTrainedModel):
         )
 
 
-    def _all_token_loss(self, text_ids, text_valid, visual_features, zero) -> PretrainOutput:
+    def _all_token_loss(self, text_ids: torch.Tensor, text_valid: torch.Tensor, visual_features: torch.Tensor,
+                        zero: torch.Tensor) -> PretrainOutput:
         """Mean cross-entropy of every valid report token ([SEP] included) under S2S; the
         ``mlm_*`` fields hold it (it is MLM with a [MASK] query at every position)."""
         logprobs = self.sequence_logprobs(text_ids, text_valid, visual_features)  # (B, N, V)
@@ -240,7 +242,9 @@ class TaskOutput:
 
 
 #: trunks a task model can sit on: MedViLL, or the CNN & Transformer baseline (modeling/baselines.py)
-TRUNKS = {"medvill": MedViLLModel, "cnn_transformer": CNNTransformerModel}
+TRUNKS: dict[str, type[MedViLLModel] | type[CNNTransformerModel]] = {
+    "medvill": MedViLLModel, "cnn_transformer": CNNTransformerModel
+}
 
 
 class _PooledTaskModel(PreTrainedModel):
@@ -257,13 +261,15 @@ class _PooledTaskModel(PreTrainedModel):
         if trunk not in TRUNKS:
             raise ValueError(f"unknown trunk {trunk!r}; choose one of {', '.join(TRUNKS)}")
         self.trunk = trunk
-        self.medvill = TRUNKS[trunk](config, load_pretrained_backbone)
+        self.medvill: MedViLLModel | CNNTransformerModel = TRUNKS[trunk](config, load_pretrained_backbone)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def head_config(self) -> dict:
         return {"trunk": self.trunk}
 
-    def pooled(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI):
+    def pooled(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
+               visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI
+               ) -> tuple[torch.Tensor, MedViLLOutput | CNNTransformerOutput]:
         out = self.medvill(text_ids, text_valid, scheme, images=images, visual_features=visual_features)
         return self.dropout(self.medvill.summary(out, text_valid)), out
 
@@ -282,7 +288,8 @@ class MedViLLForClassification(_PooledTaskModel):
     def head_config(self) -> dict:
         return {**super().head_config(), "num_labels": self.num_labels}
 
-    def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
+    def forward(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
+                visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI) -> TaskOutput:
         pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
         return TaskOutput(self.classifier(pooled), out)
 
@@ -296,7 +303,8 @@ class MedViLLForRetrieval(_PooledTaskModel):
         self.irm_head = nn.Linear(config.hidden_size, 1)
         self.irm_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
-    def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
+    def forward(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
+                visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI) -> TaskOutput:
         pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
         return TaskOutput(self.irm_head(pooled).squeeze(-1), out)
 
@@ -311,14 +319,16 @@ class MedViLLForVQA(_PooledTaskModel):
         self.num_answers = num_answers
         d = config.hidden_size
         self.answer_head = nn.Sequential(
-            nn.Linear(d, 2 * d), nn.GELU(), nn.LayerNorm(2 * d, eps=config.layer_norm_eps), nn.Linear(2 * d, num_answers)
+            nn.Linear(d, 2 * d), nn.GELU(), nn.LayerNorm(2 * d, eps=config.layer_norm_eps),
+            nn.Linear(2 * d, num_answers),
         )
         self.answer_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def head_config(self) -> dict:
         return {**super().head_config(), "num_answers": self.num_answers}
 
-    def forward(self, text_ids, text_valid, images=None, visual_features=None, scheme=MaskScheme.BI) -> TaskOutput:
+    def forward(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
+                visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI) -> TaskOutput:
         pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
         return TaskOutput(self.answer_head(pooled), out)
 

@@ -96,13 +96,6 @@ def resolve_scheme(scheme: MaskScheme, s2s_prob: float = 0.75, rng: random.Rando
     return MaskScheme.S2S if draw < s2s_prob else MaskScheme.BI
 
 
-def valid_positions(layout: SequenceLayout, text_valid: torch.Tensor) -> torch.Tensor:
-    """``(B, S)`` bool: True for every real (non-PAD) position of the joint sequence."""
-    b = text_valid.shape[0]
-    head = torch.ones(b, layout.text_start, dtype=torch.bool, device=text_valid.device)
-    return torch.cat([head, text_valid.bool()], dim=1)
-
-
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -1,6 +1,7 @@
 """MedViLLModel: CNN visual tokens + WordPiece tokens in one BERT-style transformer.
 
-Sequence (architecture.md section 2)::
+Sequence (group V = CLS, the k visual tokens and SEP_V; group T = CLS_L, the report and
+SEP_L; each group's indices are given by :class:`~medvill.modeling.masks.SequenceLayout`)::
 
     [CLS] v_1 .. v_k [SEP_V] ([CLS_L]) w_1 .. w_N [SEP_L] [PAD] ...
 
@@ -170,7 +171,8 @@ class MedViLLModel(PreTrainedModel):
         output's scheme (see :func:`summary_indices`); Non-crossing multiplies the pooled
         CLS and CLS_L so that a linear head can score their agreement."""
         rows = torch.arange(out.last_hidden_state.shape[0], device=text_valid.device)
-        pooled = [self.pooler(out.last_hidden_state[rows, idx]) for idx in summary_indices(out.scheme, out.layout, text_valid)]
+        indices = summary_indices(out.scheme, out.layout, text_valid)
+        pooled = [self.pooler(out.last_hidden_state[rows, idx]) for idx in indices]
         result = pooled[0]
         for p in pooled[1:]:
             result = result * p

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,8 +28,10 @@ FORMAT_VERSION = 1
 
 ARCHITECTURES: dict[str, type[PreTrainedModel]] = {}
 
+_Model = TypeVar("_Model", bound="PreTrainedModel")
 
-def register(cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
+
+def register(cls: type[_Model]) -> type[_Model]:
     ARCHITECTURES[cls.__name__] = cls
     return cls
 
@@ -62,7 +65,9 @@ class PreTrainedModel(nn.Module):
     def head_config(self) -> dict[str, Any]:
         return {}
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, extra_files: dict[str, str] | None = None) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, tokenizer: Any = None, extra_files: dict[str, str] | None = None
+    ) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer's files)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -107,7 +112,9 @@ class PreTrainedModel(nn.Module):
             head = meta.get("head", {})
             if not isinstance(head, dict):
                 raise ConfigError(f"'head' must be a mapping, got {type(head).__name__}")
-            model = target(config, load_pretrained_backbone=False, **head)
+            # every subclass takes (config, load_pretrained_backbone, **head_config): see the class docstring
+            build: Callable[..., PreTrainedModel] = target
+            model = build(config, load_pretrained_backbone=False, **head)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:  # a head option the architecture does not take
@@ -155,7 +162,8 @@ def read_json_file(path: str | Path, expect: type = dict) -> Any:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, expect):
-        want = {dict: "object", list: "list"}.get(expect, expect.__name__)
+        names: dict[type, str] = {dict: "object", list: "list"}
+        want = names.get(expect, expect.__name__)
         raise ConfigError(f"{path}: expected a JSON {want}, got {type(value).__name__}")
     return value
 

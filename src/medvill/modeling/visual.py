@@ -11,10 +11,15 @@ original code froze it by accident; a test checks that gradients reach it).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..config import ModelConfig
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 
 class SmallCNN(nn.Module):
@@ -36,10 +41,12 @@ class SmallCNN(nn.Module):
         return self.body(x)
 
 
-def _imagenet_weights(name: str):
+def _imagenet_weights(name: str) -> WeightsEnum:
     import torchvision.models as tvm
 
-    enum = {"resnet50": tvm.ResNet50_Weights, "resnet101": tvm.ResNet101_Weights, "densenet121": tvm.DenseNet121_Weights}[name]
+    enum = {
+        "resnet50": tvm.ResNet50_Weights, "resnet101": tvm.ResNet101_Weights, "densenet121": tvm.DenseNet121_Weights
+    }[name]
     return enum.DEFAULT
 
 

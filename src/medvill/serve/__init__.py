@@ -7,12 +7,15 @@ works as it is).  :mod:`medvill.serve.service` does the work, :mod:`medvill.serv
 HTTP layer (Starlette + uvicorn; the ``serve`` extra).
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from .service import DemoService, ServeConfig, UserError
 
 __all__ = ["DemoService", "ServeConfig", "UserError", "create_app", "serve"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Callable[..., Any]:
     # the web framework is imported only when the app is built (the `serve` extra)
     if name in ("create_app", "serve"):
         from . import app

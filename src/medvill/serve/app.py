@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
@@ -226,7 +226,7 @@ def create_app(service: DemoService) -> Starlette:
         return await run(service.similar, _field(d, "id", kind=str), _field(d, "k", 5, int))
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         service.close()
 

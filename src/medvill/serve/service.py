@@ -182,8 +182,8 @@ def load_pool(config: ServeConfig, pipe: Pipeline) -> ReportPool:
 
         texts = read_pool_file(config.pool)
         texts, _ = _distinct(texts, texts, config.pool_size)
-        labels = label_reports(texts)
-        return ReportPool(texts, [label_names(row) for row in labels],
+        found = label_reports(texts)
+        return ReportPool(texts, [label_names(row) for row in found],
                           f"{config.pool} ({len(texts)} distinct reports; findings by the built-in labeler)")
     from ..figures import checkpoint_records
 

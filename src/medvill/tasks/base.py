@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..train.distributed import gather_lists, shard_loader
 
@@ -24,7 +26,8 @@ class Task(Protocol):
 
 
 @torch.no_grad()
-def run_over(model: nn.Module, loader, output_fn, target_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def run_over(model: nn.Module, loader: DataLoader, output_fn: Callable[[torch.Tensor], torch.Tensor],
+             target_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate ``model`` over a loader in eval mode: ``output_fn(logits)`` per batch and the
     batch's ``target_key``, concatenated and put back in data set order (by ``index``).
 

@@ -19,8 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import MaskScheme
-from ..generation import GenerationConfig, generate, reference_nll
+from ..generation import GenerationConfig, GenerativeModel, generate, reference_nll
 from ..metrics import bleu4, clinical_efficacy
+from ..modeling.baselines import TieNet
+from ..modeling.heads import MedViLLForPretraining
 from ..tokenization import MedTokenizer
 from ..train.distributed import gather_lists, shard_loader
 from .base import StepOutput
@@ -43,7 +45,8 @@ class GenerationTask:
         else:
             out = model(text_ids=batch["text_ids"], text_valid=batch["text_valid"], scheme=MaskScheme.S2S,
                         images=batch["images"], mlm_labels=batch["mlm_labels"], matching=False)
-        return StepOutput(loss=out.mlm_loss, metrics={"mlm_loss": out.mlm_loss.item(), "mlm_acc": out.mlm_accuracy.item()})
+        return StepOutput(loss=out.mlm_loss,
+                          metrics={"mlm_loss": out.mlm_loss.item(), "mlm_acc": out.mlm_accuracy.item()})
 
     @torch.no_grad()
     def perplexity(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
@@ -53,12 +56,13 @@ class GenerationTask:
 
     @torch.no_grad()
     def reference_scores(self, model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+        generative = _generative(model)
         was = model.training
         model.eval()
         device = next(model.parameters()).device
         nlls, counts, index = [], [], []
         for batch in shard_loader(loader):  # a share per process, gathered below
-            nll, n = reference_nll(model, batch["images"].to(device), batch["text_ids"].to(device),
+            nll, n = reference_nll(generative, batch["images"].to(device), batch["text_ids"].to(device),
                                    batch["text_valid"].to(device))
             nlls.append(nll.cpu())
             counts.append(n.cpu())
@@ -71,12 +75,20 @@ class GenerationTask:
     @torch.no_grad()
     def generate_reports(self, model: nn.Module, loader: DataLoader, tokenizer: MedTokenizer,
                          cfg: GenerationConfig) -> list[str]:
+        generative = _generative(model)
         out: list[tuple[int, str]] = []
         device = next(model.parameters()).device
         for batch in loader:
-            ids = generate(model, batch["images"].to(device), cfg)
+            ids = generate(generative, batch["images"].to(device), cfg)
             out += [(int(i), tokenizer.decode(t)) for i, t in zip(batch["index"].tolist(), ids, strict=True)]
         return [text for _, text in sorted(out)]
+
+
+def _generative(model: nn.Module) -> GenerativeModel:
+    """``model`` as a model :mod:`medvill.generation` decodes (MedViLL's pre-training model or TieNet)."""
+    if not isinstance(model, (MedViLLForPretraining, TieNet)):
+        raise TypeError(f"report generation needs a MedViLLForPretraining or TieNet model, not {type(model).__name__}")
+    return model
 
 
 @dataclass

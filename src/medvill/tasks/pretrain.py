@@ -7,6 +7,7 @@ import random
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..config import MaskScheme, PretrainConfig
 from ..modeling.masks import resolve_scheme
@@ -60,7 +61,7 @@ class PretrainTask:
         return StepOutput(loss=loss, metrics=metrics)
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, loader) -> dict[str, float]:
+    def validate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         """Pre-training curves on fixed validation pairs (MLM-masked, label-aware negatives):
         MLM loss and accuracy on the matched pairs, matching AUROC and accuracy, and with the
         contrastive loss its in-batch top-1 label-set accuracy.  All K visual tokens; Bi&S2S is

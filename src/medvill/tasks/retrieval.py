@@ -25,6 +25,7 @@ from ..data.records import Record
 from ..data.transforms import load_image
 from ..labels import positive_set
 from ..metrics import Trial, build_trials, ranking_metrics
+from ..modeling.heads import MedViLLForRetrieval
 from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
 
@@ -48,12 +49,13 @@ class RetrievalTask:
 class PairScorer:
     """Scores (image i, report j) pairs of a test pool, caching CNN features and scores."""
 
-    def __init__(self, model: nn.Module, records: list[Record], tokenizer: MedTokenizer, image_size: int,
+    def __init__(self, model: MedViLLForRetrieval, records: list[Record], tokenizer: MedTokenizer, image_size: int,
                  max_text_len: int, batch_size: int = 64):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.text_ids = encode_reports(tokenizer, [r.text for r in records], max_text_len)
-        self.pad_id = tokenizer.pad_id
+        assert tokenizer.pad_id is not None  # MedTokenizer's constructor checks its special tokens
+        self.pad_id: int = tokenizer.pad_id
         self.batch_size = batch_size
         feats = []
         with torch.no_grad():

@@ -33,6 +33,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return meta
 
 
-def find_resume_checkpoint(output_dir: str | Path, resume: str, say=print) -> Path | None:
+def find_resume_checkpoint(output_dir: str | Path, resume: str, say: Callable[[str], None] = print) -> Path | None:
     """``resume`` = ``auto``: the newest complete checkpoint under ``output_dir/checkpoints``
     (incomplete or damaged ones are skipped, each with a message), or None when there is none;
     otherwise the checkpoint folder ``resume``, which must be complete."""

@@ -26,6 +26,9 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     rank, world = rank_and_world()
     if world == 1:
         return loader
+    if loader.batch_sampler is None:
+        raise ValueError("shard_loader needs a loader that batches (a batch_size or batch_sampler), "
+                         "not one built with batch_size=None")
     batches = [b for i, b in enumerate(loader.batch_sampler) if i % world == rank]
     return DataLoader(loader.dataset, batch_sampler=batches, collate_fn=loader.collate_fn,
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -150,7 +150,8 @@ def deterministic_mode(on: bool) -> Iterator[None]:
     if not on:
         yield
         return
-    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_bench = torch.backends.cudnn.benchmark
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
     torch.use_deterministic_algorithms(True)
@@ -221,14 +222,15 @@ class _Run:
         # configuration's bf16 step on an H200 (BENCHMARKS.md)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                       fused=True if accelerator.device.type == "cuda" else None)
-        # not prepared: Accelerate would step a prepared scheduler once per process and step
+        # not prepared: Accelerate would step a prepared scheduler once per process at every call
+        # (num_processes steps per optimiser step); the schedule counts optimiser steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, cfg.max_steps))
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.state = LoopState()
         self.resumed_from: Path | None = None
         self.rng: dict[str, Any] | None = None
         if cfg.resume:
-            self._resume()
+            self._resume(cfg.resume)
         self.log_path = output_dir / METRICS_LOG
         if self.main:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -238,12 +240,12 @@ class _Run:
 
     # ------------------------------------------------------------------ resume
 
-    def _resume(self) -> None:
+    def _resume(self, resume: str) -> None:
         cfg, acc = self.cfg, self.acc
         found: list[Any] = [None, None]  # checkpoint path, error message
         if self.main:
             try:
-                path = find_resume_checkpoint(self.output_dir, cfg.resume, say=self.console.print)
+                path = find_resume_checkpoint(self.output_dir, resume, say=self.console.print)
                 found[0] = str(path) if path is not None else None
             except ConfigError as exc:
                 found[1] = str(exc)
@@ -286,6 +288,7 @@ class _Run:
     def _validate(self) -> bool:
         """Run ``evaluate``; save on improvement; return True when patience is exhausted."""
         st, acc = self.state, self.acc
+        assert self.evaluate is not None  # called only when fit() was given an evaluate function
         metrics = self.evaluate(acc.unwrap_model(self.model))
         self.model.train()
         if acc.num_processes > 1:  # one decision for every process

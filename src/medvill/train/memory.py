@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ from ..modeling.encoder import BertEncoder
 from ..modeling.visual import VisualEncoder
 
 
-def _keep_eval(module: nn.Module, args) -> None:
+def _keep_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     module.train(False)  # running statistics, also while the rest of the model trains
 
 
