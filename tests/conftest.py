@@ -80,7 +80,7 @@ def observation_names() -> tuple[str, ...]:
 def tiny_demo_dir(synthetic_root, tmp_path_factory) -> Path:
     """A folder laid out like a ``medvill demo`` output, with real tiny checkpoints: a 2-step
     BAR pre-training, the four tasks fine-tuned from it for 2 steps (MedViLL-BAR), a
-    classification model from scratch (FT-only) and a TieNet baseline."""
+    classification model from scratch (FT-only) and the TieNet and CNN & Transformer baselines."""
     from rich.console import Console
 
     from medvill.config import load_config
@@ -99,4 +99,6 @@ def tiny_demo_dir(synthetic_root, tmp_path_factory) -> Path:
         run_finetuning(task, cfg(), str(out / "pretrain-bar"), out / "finetune" / f"{task}-MedViLL-BAR", console=quiet)
     run_finetuning("classification", cfg(), "scratch", out / "finetune" / "classification-FT-only", console=quiet)
     run_finetuning("classification", cfg(), "tienet", out / "finetune" / "classification-TieNet", console=quiet)
+    run_finetuning("classification", cfg(), "cnn-transformer", out / "finetune" / "classification-CNN-Transformer",
+                   console=quiet)
     return out

@@ -50,11 +50,14 @@ def test_from_pretrained_picks_bar_by_default_and_model_by_name(tiny_demo_dir, p
         ft.generate(tiny_demo_dir / "x.png")
     with pytest.raises(FileNotFoundError, match="no checkpoint named 'nope'.*FT-only"):
         Pipeline.from_pretrained(tiny_demo_dir, model="nope")
-    # neither the pre-training checkpoint nor the TieNet baseline is a MedViLL task checkpoint
+    # neither the pre-training checkpoint nor a baseline (TieNet; CNN & Transformer, whose
+    # classifier class is MedViLL's own on another trunk) is a MedViLL task checkpoint
     assert sorted(c.path.name for c in find_checkpoints(tiny_demo_dir)) == sorted(
         [f"{t}-MedViLL-BAR" for t in pipe.tasks] + ["classification-FT-only"])
     with pytest.raises(ValueError, match="TieNet.*MedViLL task models"):
         Pipeline.from_pretrained(tiny_demo_dir / "finetune" / "classification-TieNet")
+    with pytest.raises(ValueError, match="CNN & Transformer baseline.*MedViLL task models"):
+        Pipeline.from_pretrained(tiny_demo_dir / "finetune" / "classification-CNN-Transformer")
 
 
 def test_single_checkpoint_and_missing_task_error(tiny_demo_dir, records, tmp_path):

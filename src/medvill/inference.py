@@ -205,8 +205,11 @@ class TaskCheckpoint:
 
 
 def _supported(path: Path, task: str) -> bool:
-    """Whether the Pipeline can run the checkpoint (a MedViLL task model, not a baseline)."""
-    return read_checkpoint_config(path).get("architecture") == MODEL_CLASSES[task].__name__
+    """Whether the Pipeline can run the checkpoint (a MedViLL task model, not a baseline: the
+    CNN & Transformer baseline uses MedViLL's task classes on another trunk)."""
+    meta = read_checkpoint_config(path)
+    return (meta.get("architecture") == MODEL_CLASSES[task].__name__
+            and meta.get("head", {}).get("trunk", "medvill") == "medvill")
 
 
 def checkpoint_task(path: str | Path) -> str:
@@ -236,7 +239,9 @@ def find_checkpoints(directory: str | Path, max_depth: int = 3) -> list[TaskChec
     if (directory / CONFIG_NAME).is_file():
         task = checkpoint_task(directory)
         if not _supported(directory, task):
-            arch = read_checkpoint_config(directory).get("architecture")
+            meta = read_checkpoint_config(directory)
+            arch = ("CNN & Transformer baseline" if meta.get("head", {}).get("trunk") == "cnn_transformer"
+                    else meta.get("architecture"))
             raise ConfigError(f"{directory} holds a {arch} {task} model; the Pipeline runs MedViLL task models "
                               f"({MODEL_CLASSES[task].__name__})")
         return [TaskCheckpoint(task, _model_name(directory, task), directory)]
