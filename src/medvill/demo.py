@@ -69,10 +69,10 @@ PLANS = {
     "small": DemoPlan(1000, {"classification": 500, "retrieval": 400, "vqa": 500, "generation": 400}, 50),
     "base": DemoPlan(2000, {t: 500 for t in TASKS}, 100),
 }
-#: seconds per fine-tuning step on one thread of the 2-core machine (small preset, evaluation
-#: included; the demo of commit 9524bbb): only the order in which the demo starts its jobs (the
+#: relative cost of a fine-tuning step per task (VQA = 1; small preset, evaluation included;
+#: BENCHMARKS.md, "The demo's schedule"): only the order in which the demo starts its jobs (the
 #: longest first, so that the short ones fill the end)
-STEP_SECONDS = {"classification": 0.26, "retrieval": 0.27, "vqa": 0.17, "generation": 0.38}
+STEP_COST = {"classification": 1.4, "retrieval": 1.7, "vqa": 1.0, "generation": 2.3}
 #: baseline rows of --full (table name -> ``--init``), each on the tasks it has (modeling/baselines.py)
 BASELINE_ROWS = {"CNN&Transformer": "cnn-transformer", "TieNet": "tienet"}
 #: the columns of results.md (results.csv / results.json hold every metric)
@@ -135,7 +135,7 @@ def run_demo(cfg: RunConfig, output: Path, full: bool = False, n_bootstrap: int 
         rows[task] = dict(inits)
         if full:
             rows[task].update({n: b for n, b in BASELINE_ROWS.items() if task in BASELINE_TASKS[b]})
-    by_cost = sorted(TASKS, key=lambda t: -plan.finetune_steps[t] * STEP_SECONDS.get(t, 1.0))  # longest first
+    by_cost = sorted(TASKS, key=lambda t: -plan.finetune_steps[t] * STEP_COST.get(t, 1.0))  # longest first
     for needs_pretraining in (False, True):
         for task in by_cost:
             steps = plan.finetune_steps[task]
@@ -203,8 +203,8 @@ def _with(cfg: RunConfig, *overrides: str) -> RunConfig:
 
 def demo_workers() -> int:
     """Training runs the demo trains at once: one per CPU, at most 4.  The demo's models are
-    small: on 2 cores two one-thread runs side by side finished two classification fine-tunes in
-    62 s, one two-thread run after the other in 87 s."""
+    small: one-thread runs side by side finish sooner than the same runs one after the other on
+    all threads (BENCHMARKS.md, "The demo's schedule")."""
     return max(1, min(4, _cpus()))
 
 

@@ -82,7 +82,7 @@ def flex_block_mask(mask: torch.Tensor, mask_mod: MaskMod | None = None) -> Bloc
         def mask_mod(bi: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
             return dense[bi, q, kv]
 
-    # on CUDA the mask is evaluated by a compiled kernel (eager vmap: about 10 ms a batch on an H200)
+    # on CUDA the mask is evaluated by a compiled kernel (eager vmap is slow there: BENCHMARKS.md)
     return create_block_mask(mask_mod, B=b, H=None, Q_LEN=s, KV_LEN=t, device=mask.device,
                              _compile=mask.device.type == "cuda")
 

@@ -128,7 +128,7 @@ def scheme_mask_mod(
     Padding is read as one length per example (the text is left-aligned; anything else is
     an error), so a position's validity costs one lookup in a ``(B,)`` tensor: inside a
     FlexAttention kernel that took under half the time of looking up a ``(B, S)`` validity
-    table (H200, bf16, batch 32: 0.8-1.0 ms against 2.5-2.8 ms; BENCHMARKS.md).
+    table (BENCHMARKS.md).
     """
     scheme = _check_scheme(scheme, layout, text_valid)
     nv = layout.num_v_group
