@@ -13,8 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medvill import Pipeline
+from medvill.checkpoint_files import INPUT_INFO
 from medvill.cli import app
-from medvill.data.prepare import INPUT_INFO, prepare_cache
+from medvill.data.prepare import prepare_cache
 from medvill.data.registry import load_records
 from medvill.data.task_data import ImageTextDataset
 from medvill.data.transforms import Preprocess, load_image

@@ -143,3 +143,24 @@ def test_offline_imagenet_weights_fail_with_a_clear_message(monkeypatch, tmp_pat
     cfg = dataclasses.replace(tiny_model_cfg(), backbone="resnet50", backbone_pretrained=True)
     with pytest.raises(RuntimeError, match="backbone_pretrained=false"):
         MedViLLModel(cfg)
+
+
+def test_hub_downloads_are_pinned_to_a_revision(tmp_path, monkeypatch):
+    """init_text from the hub downloads a fixed commit: the pinned one for bert-base-uncased,
+    the one written after ``@`` otherwise; an unpinned name takes the hub's main."""
+    import huggingface_hub
+
+    from medvill.modeling.bert_init import HUB_REVISIONS, resolve_bert_dir
+
+    asked = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.append((repo_id, revision))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    for name in ("bert-base-uncased", "emilyalsentzer/Bio_ClinicalBERT@d5892b3", "someone/some-bert"):
+        assert resolve_bert_dir(name) == tmp_path
+    assert asked == [("bert-base-uncased", HUB_REVISIONS["bert-base-uncased"]),
+                     ("emilyalsentzer/Bio_ClinicalBERT", "d5892b3"), ("someone/some-bert", None)]
+    assert len(HUB_REVISIONS["bert-base-uncased"]) == 40

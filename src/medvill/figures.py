@@ -340,15 +340,15 @@ def checkpoint_records(checkpoint: str | Path, split: str = "test", dataset: str
                        root: str | Path | None = None) -> list[Record]:
     """Records of ``split`` of the data set a fine-tuned checkpoint was trained on (its
     ``run_config.yaml``), or of ``dataset`` / ``root`` when given."""
+    from .checkpoint_files import RUN_CONFIG, read_run_config
     from .config import load_config
-    from .pipeline import RUN_CONFIG_NAME, load_split
+    from .pipeline import load_split
 
-    cfg_path = Path(checkpoint) / RUN_CONFIG_NAME
-    if not cfg_path.is_file():
+    cfg_path = Path(checkpoint) / RUN_CONFIG
+    run = read_run_config(checkpoint)
+    if run is None:
         raise FileNotFoundError(f"{cfg_path} not found: pass the data set explicitly (--dataset / --root)")
-    import yaml
-
-    preset = (yaml.safe_load(cfg_path.read_text()) or {}).get("preset", "base")
+    preset = run.get("preset", "base")
     extra: dict[str, Any] = {"data": {}}
     if dataset is not None:
         extra["data"]["dataset"] = dataset

@@ -29,9 +29,17 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from .checkpoint_files import (
+    FINETUNE_INFO,
+    INPUT_INFO,
+    RUN_CONFIG,
+    THRESHOLDS_FILE,
+    finetune_info_text,
+    read_checkpoint_config,
+)
 from .config import ConfigError, ModelConfig, RunConfig
 from .data.collate import MLMSpec, PretrainCollator, PretrainDataset
-from .data.prepare import INPUT_INFO, training_input_settings
+from .data.prepare import training_input_settings
 from .data.records import Record
 from .data.task_data import ImageTextCollator, ImageTextDataset
 from .generation import GenerationConfig
@@ -46,9 +54,9 @@ from .modeling.heads import (
     MedViLLForVQA,
     init_from_pretraining,
 )
-from .modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_checkpoint_config, read_weights
-from .pipeline import RUN_CONFIG_NAME, build_tokenizer, data_loader, load_split, load_vqa_split, model_config_for
-from .tasks.classification import THRESHOLDS_FILE, ClassificationTask, binary_targets
+from .modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_weights
+from .pipeline import build_tokenizer, data_loader, load_split, load_vqa_split, model_config_for
+from .tasks.classification import ClassificationTask, binary_targets
 from .tasks.generation import GenerationScores, GenerationTask
 from .tasks.retrieval import PairScorer, RetrievalTask, make_trials, retrieval_trials_metrics
 from .tasks.tienet import TieNetClassificationTask, TieNetGenerationTask
@@ -234,7 +242,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
             return _metrics(task, *task.predict(m, val_loader), val_records)
 
     selected_thresholds: dict[str, list[float]] = {}
-    extra = {RUN_CONFIG_NAME: cfg.to_yaml(), "finetune.json": json.dumps({"task": task_name, "init": init}) + "\n"}
+    extra = {RUN_CONFIG: cfg.to_yaml(), FINETUNE_INFO: finetune_info_text(task_name, init)}
     # how training read its images, for inference (medvill.Pipeline) to do exactly the same
     extra[INPUT_INFO] = json.dumps(training_input_settings(cfg.data.root, mcfg.image_size), indent=2) + "\n"
     if isinstance(task, VQATask):

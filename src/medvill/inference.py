@@ -52,12 +52,21 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
+from .checkpoint_files import (
+    ANSWERS_FILE,
+    CONFIG_NAME,
+    FINETUNE_INFO,
+    INPUT_INFO,
+    CheckpointInfo,
+    read_json_file,
+    read_run_config,
+    training_root,
+)
 from .config import ConfigError, MaskScheme
 from .data.collate import encode_reports, pad_stack
-from .data.prepare import INPUT_INFO, training_input_settings
+from .data.prepare import training_input_settings
 from .data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -72,8 +81,8 @@ from .generation import GenerationConfig
 from .generation import generate as generate_ids
 from .labels import CHEXPERT_OBSERVATIONS
 from .modeling.heads import MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA
-from .modeling.pretrained import CONFIG_NAME, PreTrainedModel, read_checkpoint_config, read_json_file
-from .tasks.vqa import ANSWERS_FILE, read_answers
+from .modeling.pretrained import PreTrainedModel
+from .tasks.vqa import read_answers
 from .tokenization import MedTokenizer
 
 log = logging.getLogger(__name__)
@@ -86,8 +95,6 @@ Batch = list[Any] | tuple[Any, ...]
 TASKS = ("classification", "retrieval", "vqa", "generation")
 #: The model picked where a folder holds several checkpoints of a task.
 DEFAULT_MODEL = "MedViLL-BAR"
-FINETUNE_INFO = "finetune.json"
-RUN_CONFIG = "run_config.yaml"
 #: A task's model: one of :data:`MODEL_CLASSES`.
 TaskModel = MedViLLForClassification | MedViLLForRetrieval | MedViLLForVQA | MedViLLForPretraining
 MODEL_CLASSES: dict[str, type[TaskModel]] = {
@@ -204,29 +211,27 @@ class TaskCheckpoint:
     path: Path
 
 
-def _supported(path: Path, task: str) -> bool:
+def _supported(info: CheckpointInfo, task: str) -> bool:
     """Whether the Pipeline can run the checkpoint (a MedViLL task model, not a baseline: the
     CNN & Transformer baseline uses MedViLL's task classes on another trunk)."""
-    meta = read_checkpoint_config(path)
-    return (meta.get("architecture") == MODEL_CLASSES[task].__name__
-            and meta.get("head", {}).get("trunk", "medvill") == "medvill")
+    return info.architecture == MODEL_CLASSES[task].__name__ and info.trunk == "medvill"
 
 
-def checkpoint_task(path: str | Path) -> str:
+def checkpoint_task(path: str | Path | CheckpointInfo) -> str:
     """The task of a fine-tuned checkpoint (from ``finetune.json``, else its architecture)."""
-    path = Path(path)
-    meta = read_checkpoint_config(path)
-    info = path / FINETUNE_INFO
-    if info.is_file():
-        task = read_json_file(info).get("task")
+    info = path if isinstance(path, CheckpointInfo) else CheckpointInfo.read(path)
+    task = info.task
+    if task is not None:
         if task not in TASKS:
-            raise ConfigError(f"{info}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+            raise ConfigError(f"{info.directory / FINETUNE_INFO}: unknown task {task!r}; expected one of "
+                              f"{', '.join(TASKS)}")
         return task
-    arch = meta.get("architecture")
+    arch = info.architecture
     if arch in _ARCHITECTURE_TASK:
         return _ARCHITECTURE_TASK[arch]
-    raise ConfigError(f"{path} holds a {arch} without {FINETUNE_INFO}: a pre-training checkpoint, not a fine-tuned "
-                      f"task checkpoint; fine-tune it first (medvill finetune TASK --init {path} ...)")
+    raise ConfigError(f"{info.directory} holds a {arch} without {FINETUNE_INFO}: a pre-training checkpoint, not a "
+                      f"fine-tuned task checkpoint; fine-tune it first (medvill finetune TASK --init {info.directory} "
+                      "...)")
 
 
 def find_checkpoints(directory: str | Path, max_depth: int = 3) -> list[TaskCheckpoint]:
@@ -237,11 +242,10 @@ def find_checkpoints(directory: str | Path, max_depth: int = 3) -> list[TaskChec
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {directory}")
     if (directory / CONFIG_NAME).is_file():
-        task = checkpoint_task(directory)
-        if not _supported(directory, task):
-            meta = read_checkpoint_config(directory)
-            arch = ("CNN & Transformer baseline" if meta.get("head", {}).get("trunk") == "cnn_transformer"
-                    else meta.get("architecture"))
+        info = CheckpointInfo.read(directory)
+        task = checkpoint_task(info)
+        if not _supported(info, task):
+            arch = "CNN & Transformer baseline" if info.trunk == "cnn_transformer" else info.architecture
             raise ConfigError(f"{directory} holds a {arch} {task} model; the Pipeline runs MedViLL task models "
                               f"({MODEL_CLASSES[task].__name__})")
         return [TaskCheckpoint(task, _model_name(directory, task), directory)]
@@ -253,8 +257,9 @@ def find_checkpoints(directory: str | Path, max_depth: int = 3) -> list[TaskChec
                 continue
             if (child / CONFIG_NAME).is_file():  # a checkpoint: never look inside (step-N saves)
                 if (child / FINETUNE_INFO).is_file():
-                    task = checkpoint_task(child)
-                    if _supported(child, task):  # baselines (TieNet, CNN & Transformer) are left out
+                    info = CheckpointInfo.read(child)
+                    task = checkpoint_task(info)
+                    if _supported(info, task):  # baselines (TieNet, CNN & Transformer) are left out
                         found.append(TaskCheckpoint(task, _model_name(child, task), child))
             elif depth < max_depth:
                 walk(child, depth + 1)
@@ -354,20 +359,10 @@ class ModelInput:
 
 def _training_root(directory: Path) -> str | None:
     """The data root of an older checkpoint's run (None: not recorded or no longer there)."""
-    path = directory / RUN_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        run = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        root = (run.get("data") or {}).get("root")
-    except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as exc:
-        raise ConfigError(f"{path}: not a medvill run config ({type(exc).__name__}: {exc})") from None
-    if root is None:
-        return None
-    if not Path(root).is_dir():
-        log.warning("%s has no %s and its training data (%s) is not here: cannot check whether training read a "
-                    "prepared-image cache; using the default preprocessing", directory, INPUT_INFO, root)
-        return None
+    root = training_root(directory)
+    if root is None and ((read_run_config(directory) or {}).get("data") or {}).get("root"):
+        log.warning("%s has no %s and its training data is not here: cannot check whether training read a "
+                    "prepared-image cache; using the default preprocessing", directory, INPUT_INFO)
     return root
 
 

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from .checkpoint_files import RUN_CONFIG
 from .config import ModelConfig, RunConfig
 from .data.collate import LengthGroupedSampler, MLMSpec, PretrainCollator, PretrainDataset
 from .data.records import Record
@@ -28,7 +29,6 @@ from .train.loop import TrainResult, fit
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_NAME = "run_config.yaml"
 
 
 def load_split(cfg: RunConfig, split: str) -> list[Record]:
@@ -175,7 +175,7 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
 
     def save(model_: torch.nn.Module, directory: Path) -> None:
         assert isinstance(model_, MedViLLForPretraining)  # fit hands back the (unwrapped) model it trains
-        model_.save_pretrained(directory, tokenizer=tokenizer, extra_files={RUN_CONFIG_NAME: cfg.to_yaml()})
+        model_.save_pretrained(directory, tokenizer=tokenizer, extra_files={RUN_CONFIG: cfg.to_yaml()})
 
     console.print(
         f"pre-training {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M parameters "

@@ -13,16 +13,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .data.prepare import INPUT_INFO
-from .tasks.classification import THRESHOLDS_FILE
-from .tasks.vqa import ANSWERS_FILE
-from .train.checkpoint import CHECKPOINTS_DIR
-from .train.loop import METRICS_LOG
-
-#: files (and the training-state folder) a run of this project writes into its output folder
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
-RUN_FILES = (*MODEL_FILES, "run_config.yaml", "finetune.json", "selection.json", METRICS_LOG, INPUT_INFO,
-             ANSWERS_FILE, THRESHOLDS_FILE, "metrics.json", CHECKPOINTS_DIR)
+from .checkpoint_files import (
+    CHECKPOINTS_DIR,
+    CONFIG_NAME,
+    EVAL_METRICS,
+    FINETUNE_INFO,
+    METRICS_LOG,
+    RUN_FILES,
+    WEIGHTS_NAME,
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -34,11 +33,11 @@ def describe_run(folder: Path) -> str | None:
     "a stopped run"), or None when it holds no run of this project."""
     if not folder.is_dir():
         return None
-    if (folder / "finetune.json").is_file():
+    if (folder / FINETUNE_INFO).is_file():
         return "a fine-tuned model"
-    if (folder / "model.safetensors").exists() or (folder / "config.json").exists():
+    if any((folder / name).exists() for name in (WEIGHTS_NAME, CONFIG_NAME)):
         return "a model"
-    if (folder / "metrics.json").is_file():
+    if (folder / EVAL_METRICS).is_file():
         return "an evaluation"
     if (folder / CHECKPOINTS_DIR).is_dir() or (folder / METRICS_LOG).is_file():
         return "a stopped run"
@@ -55,8 +54,8 @@ def claim_output(output: str | Path, *, overwrite: bool = False, resume: bool = 
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output {output} is a file, not a folder: choose another path")
     if evaluation:
-        held = "an evaluation" if (output / "metrics.json").is_file() else None
-        names: tuple[str, ...] = ("metrics.json",)
+        held = "an evaluation" if (output / EVAL_METRICS).is_file() else None
+        names: tuple[str, ...] = (EVAL_METRICS,)
     else:
         held, names = describe_run(output), RUN_FILES
     if held is None or resume:

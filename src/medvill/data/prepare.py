@@ -499,10 +499,6 @@ def load_prepared(output: str | Path, split: str | None = None) -> list[Record]:
 # what a model was trained on
 # ============================================================================================
 
-#: Saved beside every fine-tuned checkpoint: how training turned an image file into the input.
-INPUT_INFO = "preprocess.json"
-
-
 def training_input_settings(root: str | Path | None, image_size: int) -> dict[str, Any]:
     """How training read its images, JSON-ready, so that inference can do the same:
     ``{"image_size": N, "cache": SETTINGS | None}``.  ``cache`` holds the :class:`Preprocess`

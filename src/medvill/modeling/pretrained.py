@@ -19,11 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoint_files import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_config
 from ..config import ConfigError, ModelConfig, dataclass_from_dict
-from ..fileio import atomic_write_text, not_utf8, umask_mode
+from ..fileio import atomic_write_text, umask_mode
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 ARCHITECTURES: dict[str, type[PreTrainedModel]] = {}
@@ -149,42 +148,6 @@ def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(config)
-
-
-def read_json_file(path: str | Path, expect: type = dict) -> Any:
-    """A checkpoint's JSON file, of JSON type ``expect`` (dict or list); any problem (not
-    UTF-8, not JSON, empty, another type) is a :class:`ConfigError` naming the file."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(not_utf8(path, exc)) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(value, expect):
-        names: dict[type, str] = {dict: "object", list: "list"}
-        want = names.get(expect, expect.__name__)
-        raise ConfigError(f"{path}: expected a JSON {want}, got {type(value).__name__}")
-    return value
-
-
-def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a medvill checkpoint: {CONFIG_NAME} is missing")
-    meta = read_json_file(path)
-    if meta.get("format") != "medvill":
-        raise ConfigError(f"{path}: not a medvill checkpoint (format={meta.get('format')!r})")
-    for key, kind in (("architecture", str), ("model", dict)):
-        if key not in meta:
-            raise ConfigError(f"{path}: no {key!r} entry (a damaged or hand-edited checkpoint config)")
-        if not isinstance(meta[key], kind):
-            raise ConfigError(f"{path}: {key!r} must be a JSON {'string' if kind is str else 'object'}, "
-                              f"got {type(meta[key]).__name__}")
-    if not (directory / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{directory}: {WEIGHTS_NAME} is missing")
-    return meta
 
 
 def load_state_tied(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

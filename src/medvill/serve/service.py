@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..checkpoint_files import training_root
 from ..config import ConfigError
 from ..data.common import parse_json_lines
 from ..inference import EXPLAIN_ORDER, TASKS, AttentionMaps, MissingTaskError, Pipeline, image_from_tensor
@@ -152,26 +153,6 @@ def _distinct(texts: Sequence[str], labels: Sequence[Any], limit: int) -> tuple[
     return out_t, out_l
 
 
-def _training_root(checkpoint: Path) -> str | None:
-    """The training data root of a checkpoint, resolved against the checkpoint's parent folders
-    when it is a relative path that does not exist from here (``medvill demo`` records
-    ``demo-output/cache/...`` relative to where it ran)."""
-    import yaml
-
-    from ..pipeline import RUN_CONFIG_NAME
-
-    path = checkpoint / RUN_CONFIG_NAME
-    if not path.is_file():
-        return None
-    root = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("root")
-    if not root or Path(root).is_absolute() or Path(root).exists():
-        return None
-    for parent in checkpoint.resolve().parents:
-        if (parent / root).exists():
-            return str(parent / root)
-    return None
-
-
 def load_pool(config: ServeConfig, pipe: Pipeline) -> ReportPool:
     """The report pool: ``config.pool`` (labelled by the built-in labeler), else the distinct
     reports of the retrieval checkpoint's ``pool_split`` split with their data set labels."""
@@ -191,7 +172,7 @@ def load_pool(config: ServeConfig, pipe: Pipeline) -> ReportPool:
     try:
         records = checkpoint_records(ckpt, config.pool_split)
     except FileNotFoundError:
-        root = _training_root(ckpt)
+        root = training_root(ckpt)  # a relative root found from the checkpoint's parent folders
         if root is None:
             raise
         records = checkpoint_records(ckpt, config.pool_split, root=root)

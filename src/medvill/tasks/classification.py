@@ -27,8 +27,6 @@ from ..data.records import Record
 from ..metrics import classification_metrics
 from .base import StepOutput, run_over
 
-THRESHOLDS_FILE = "thresholds.json"
-
 
 def binary_targets(records: list[Record]) -> np.ndarray:
     return np.stack([(r.labels == 1).astype(np.float32) for r in records])

@@ -18,13 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..checkpoint_files import ANSWERS_FILE, read_json_file
 from ..config import ConfigError
 from ..data.vqa_rad import VQAItem, build_answer_vocab
 from ..metrics import vqa_accuracy
-from ..modeling.pretrained import read_json_file
 from .base import StepOutput, run_over
-
-ANSWERS_FILE = "answers.json"
 
 
 def read_answers(path: Path) -> list[str]:

@@ -45,11 +45,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoint_files import CHECKPOINTS_DIR
 from ..config import ConfigError, TrainConfig
 from ..fileio import atomic_write_text
 from ..modeling.pretrained import load_state_tied, unique_state_dict
 
-CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 MODEL = "model.safetensors"

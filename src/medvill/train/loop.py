@@ -39,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..checkpoint_files import METRICS_LOG, SELECTION
 from ..config import ConfigError, TrainConfig
 from ..fileio import atomic_write_text
 from ..tasks.base import Task
@@ -51,8 +52,6 @@ from .checkpoint import (
     set_rng_state,
 )
 from .memory import apply_memory_options
-
-METRICS_LOG = "metrics.jsonl"
 
 
 @dataclass
@@ -388,7 +387,7 @@ class _Run:
             result.selection = {"metric": self.select_metric, "mode": self.select_mode, "best": self.sign * best,
                                 "best_step": st.best_step, "evaluations": st.evaluations}
             if self.main:
-                atomic_write_text(self.output_dir / "selection.json", json.dumps(result.selection, indent=2) + "\n")
+                atomic_write_text(self.output_dir / SELECTION, json.dumps(result.selection, indent=2) + "\n")
             acc.wait_for_everyone()
         result.history = st.history
         return result
