@@ -244,3 +244,26 @@ def test_intensity_warning_rules():
     assert "saturated" in intensity_warnings(saturated)[0]
     ok16 = intensity_warnings(content(8, 8), kind="16-bit", raw_max=4095)
     assert ok16 == []
+
+
+def test_decoding_lives_in_its_own_modules_and_is_re_exported():
+    """Decoding is in medvill.data.decode / .dicom (which never import the preprocessing);
+    every name of the former single module is still importable from medvill.data.transforms."""
+    import ast
+    import inspect
+
+    from medvill.data import decode, dicom, transforms
+
+    for module in (decode, dicom):
+        imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module)))
+                    if isinstance(node, ast.ImportFrom)}
+        assert "transforms" not in imported and "medvill.data.transforms" not in imported
+    assert transforms.decode_image is decode.decode_image and transforms.Decoded is decode.Decoded
+    assert transforms.MissingDecoderError is decode.MissingDecoderError
+    assert transforms.intensity_warnings is decode.intensity_warnings and transforms.to_uint8 is decode.to_uint8
+    assert len(transforms.__all__) == len(set(transforms.__all__))
+    for name in transforms.__all__:
+        assert hasattr(transforms, name), name
+    public = {name for name, value in vars(decode).items() if not name.startswith("_")
+              and getattr(value, "__module__", decode.__name__) == decode.__name__ and not inspect.ismodule(value)}
+    assert public <= set(transforms.__all__)
