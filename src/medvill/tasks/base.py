@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..train.distributed import gather_lists, shard_loader
+from ..distributed import gather_lists, shard_loader
 
 
 @dataclass
@@ -32,7 +32,7 @@ def run_over(model: nn.Module, loader: DataLoader, output_fn: Callable[[torch.Te
     batch's ``target_key``, concatenated and put back in data set order (by ``index``).
 
     Under several processes each scores a share of the batches and all receive the whole
-    result (:mod:`medvill.train.distributed`), so every process computes the same metrics."""
+    result (:mod:`medvill.distributed`), so every process computes the same metrics."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -19,12 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import MaskScheme
+from ..distributed import gather_lists, shard_loader
 from ..generation import GenerationConfig, GenerativeModel, generate, reference_nll
 from ..metrics import bleu4, clinical_efficacy
 from ..modeling.baselines import TieNet
 from ..modeling.heads import MedViLLForPretraining
 from ..tokenization import MedTokenizer
-from ..train.distributed import gather_lists, shard_loader
 from .base import StepOutput
 
 

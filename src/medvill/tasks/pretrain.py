@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import MaskScheme, PretrainConfig
+from ..distributed import gather_lists, shard_loader
 from ..modeling.masks import resolve_scheme
-from ..train.distributed import gather_lists, shard_loader
 from .base import StepOutput
 
 
