@@ -161,6 +161,45 @@ def test_parser_quirks_can_be_switched_off():
     assert vec[CHEXPERT_OBSERVATIONS.index("Fracture")] == 0.0
 
 
+def test_core_keeps_the_public_names():
+    """``medvill.labeler.core`` documents the conventions and re-exports the names that live in
+    the stage modules (phrases, sentences, mentions, labeler)."""
+    import medvill.labeler as pkg
+    from medvill.labeler import core, labeler, mentions, phrases, sentences
+
+    for name in core.__all__:
+        assert hasattr(core, name), name
+    assert core.CheXpertLabeler is labeler.CheXpertLabeler is pkg.CheXpertLabeler
+    assert core.Mention is mentions.Mention
+    assert core.split_sentences is sentences.split_sentences and core.load_phrases is phrases.load_phrases
+    assert (core.POSITIVE, core.NEGATIVE, core.UNCERTAIN) == (1.0, 0.0, -1.0)
+
+
+def test_scope_rules_mark_the_expected_tokens():
+    """The cue families of ``scopes`` on one sentence each: negation, pre-negation and
+    post-negation uncertainty, stability (only heart / mediastinal words)."""
+    from medvill.labeler.scopes import _mark_scopes
+    from medvill.labeler.sentences import _Sentence
+
+    def marked(text: str) -> dict[str, list[str]]:
+        s = _Sentence(text)
+        _mark_scopes(s)
+        return {
+            name: [t for t, m in zip(s.tokens, getattr(s, name)) if m] for name in ("neg", "pre_unc", "post_unc")
+        }
+
+    assert marked("no pleural effusion or pneumothorax.") == {
+        "neg": ["pleural", "effusion", "pneumothorax"],  # "no X or Y"
+        "pre_unc": [],
+        "post_unc": ["pleural", "effusion", "pneumothorax"],  # both sides of "or" (negation wins)
+    }
+    assert marked("pneumonia cannot be excluded.") == {"neg": [], "pre_unc": ["pneumonia"], "post_unc": []}
+    assert marked("heart size is within normal limits.")["neg"] == ["heart", "size"]
+    assert marked("may represent atelectasis.")["post_unc"] == ["atelectasis"]
+    # "stable X" reaches the head only, and only a heart / mediastinal word
+    assert marked("stable cardiomediastinal silhouette and cardiomegaly.")["post_unc"] == ["silhouette"]
+
+
 @pytest.mark.parametrize("text", ["", "   \n ", None, float("nan")])
 def test_empty_report_is_no_finding_only(text):
     vec = get_labeler().label(text)
