@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from medvill.data.common import DataError, RowPolicy, hash_split, normalize_split, parse_label_value, read_csv
+from medvill.data.common import DataError, RowPolicy, hash_split, normalize_split, read_csv
+from medvill.data.label_values import label_vector, parse_label_value
 from medvill.data.records import SkipReport
 
 
@@ -38,3 +39,34 @@ def test_common_helpers(tmp_path):
         list(read_csv(p, ["a", "b"], RowPolicy("error", None, p)))
     with pytest.raises(DataError, match="missing column 'c'"):
         list(read_csv(p, ["a", "c"], RowPolicy("skip", None, p)))
+
+
+def test_label_vector_words_its_errors_for_the_caller():
+    vec = label_vector({"Edema": "1.0", "Cardiomegaly": -1, "Pneumonia": ""})
+    assert vec.shape == (14,) and np.isnan(vec).sum() == 12
+    with pytest.raises(ValueError, match=r"^unknown CheXpert observation 'Heart Size'$"):
+        label_vector({"Heart Size": 1})
+    with pytest.raises(ValueError, match=r"^label 'Edema' has value 2; expected 1, 0, -1 or blank$"):
+        label_vector({"Edema": 2})
+    with pytest.raises(ValueError, match=r"^column 'Edema' has value '2.0'; expected 1.0, 0.0, -1.0 or blank$"):
+        label_vector({"Edema": "2.0"}, field="column", expected="1.0, 0.0, -1.0")
+
+
+def test_choices_are_defined_once_and_moved_names_stay_importable():
+    from medvill.data import choices, common, label_values, medvill_jsonl, mimic_cxr, openi, records, registry
+    from medvill.data import sections as sections_mod
+
+    assert registry.SPLITS is common.SPLITS is choices.SPLITS
+    assert mimic_cxr.SECTIONS is choices.SECTIONS
+    with pytest.raises(ValueError, match="use longer, findings, impression or both"):
+        records.choose_text("a", "b", "middle")
+    with pytest.raises(ValueError, match="unknown split 'val'; choose one of train, validate, test"):
+        registry.load_records("jsonl", None, "val")
+    # the helpers that lived in mimic_cxr.py / common.py before they got their own modules
+    assert mimic_cxr.extract_sections is sections_mod.extract_sections
+    assert mimic_cxr.report_text is sections_mod.report_text
+    assert mimic_cxr.load_medvill_jsonl is openi.load_medvill_jsonl is medvill_jsonl.load_medvill_jsonl
+    assert mimic_cxr.parse_positive_labels is openi.parse_positive_labels is label_values.parse_positive_labels
+    assert common.parse_label_value is label_values.parse_label_value
+    assert common.blank_labels is label_values.blank_labels
+    assert all(hasattr(openi, name) for name in openi.__all__)

@@ -14,14 +14,11 @@ import pytest
 from _loader_data import IDX, MIMIC_EXAMPLE, FakeLabeler, need, tiny_jpg
 
 from medvill.data.common import DataError
-from medvill.data.mimic_cxr import (
-    extract_sections,
-    load_medvill_jsonl,
-    load_mimic_cxr,
-    parse_positive_labels,
-    report_text,
-)
+from medvill.data.label_values import parse_positive_labels
+from medvill.data.medvill_jsonl import load_medvill_jsonl
+from medvill.data.mimic_cxr import load_mimic_cxr
 from medvill.data.records import SkipReport
+from medvill.data.sections import extract_sections, report_text
 
 SPLIT_HEADER = ["dicom_id", "study_id", "subject_id", "split"]
 CHEXPERT_HEADER = ["subject_id", "study_id", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema",

@@ -15,20 +15,12 @@ from _loader_data import IDX, OPENI, FakeLabeler, need, tiny_png
 from PIL import Image
 
 from medvill.data.common import DataError, hash_split
-from medvill.data.mimic_cxr import (
-    load_medvill_jsonl,
-)
-from medvill.data.openi import (
-    detect_layout,
-    dicom_view,
-    image_key,
-    load_openi,
-    load_openi_csv,
-    load_openi_xml,
-    load_r2gen,
-    mesh_to_text,
-    read_openi_xml,
-)
+from medvill.data.medvill_jsonl import load_medvill_jsonl
+from medvill.data.openi import detect_layout, load_openi
+from medvill.data.openi_loaders import load_openi_csv, load_openi_xml
+from medvill.data.openi_r2gen import load_r2gen
+from medvill.data.openi_reports import mesh_to_text, read_openi_xml
+from medvill.data.openi_views import dicom_view, image_key
 from medvill.data.records import SkipReport
 
 openi_tgz = need(OPENI / "NLMCXR_reports.tgz")
@@ -87,7 +79,7 @@ def test_dicom_view_rule():
 def test_openi_dicom_rule_against_projections(openi_reports):
     """The DICOM-only rule picks a frontal image (per the projections table) for >= 98 % of
     the reports that have one."""
-    from medvill.data.openi import read_image_views
+    from medvill.data.openi_views import read_image_views
 
     truth = read_image_views(projections=OPENI / "indiana_projections.csv")
     dicom = read_image_views(dicom_metadata=OPENI / "nlmcxr_dicom_metadata.csv.gz")

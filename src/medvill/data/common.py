@@ -9,10 +9,12 @@
   is read transparently; CSV rows come with the line number they start on; a row with the
   wrong number of fields (e.g. a truncated last line) is a bad row.
 * **Splits** (:func:`normalize_split`, :func:`hash_split`): split names are ``train``,
-  ``validate`` and ``test``; the deterministic hash split is documented at
-  :func:`hash_split`.
-* **Labels** (:func:`parse_label_value`, :func:`run_labeler`): CheXpert values 1 / 0 / -1 /
-  blank (nan) and the labeler hook (``labeler=None`` means ``medvill.labeler.label_reports``).
+  ``validate`` and ``test`` (:data:`medvill.data.choices.SPLITS`); the deterministic hash
+  split is documented at :func:`hash_split`.
+* **Labeler** (:func:`run_labeler`): the labeler hook (``labeler=None`` means
+  ``medvill.labeler.label_reports``).  CheXpert values 1 / 0 / -1 / blank (nan) are parsed
+  in :mod:`medvill.data.label_values` (:func:`parse_label_value` and :func:`blank_labels`
+  are importable from here too).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..labels import NUM_OBSERVATIONS
+from .choices import POLICIES, SPLITS
+from .label_values import LABEL_VALUES
+from .label_values import blank_labels as blank_labels
+from .label_values import parse_label_value as parse_label_value
 from .records import SkipReport
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validate", "test")
-POLICIES = ("skip", "error")
 
 #: A labeler maps N report texts to an (N, 14) float array of 1 / 0 / -1 / nan.
 Labeler = Callable[[Sequence[str]], np.ndarray]
@@ -317,36 +320,8 @@ def clean_text(text: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# labels
+# labeler
 # ---------------------------------------------------------------------------------------
-
-_LABEL_STRINGS = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-0.0": 0.0, "-1": -1.0, "-1.0": -1.0}
-_BLANK_STRINGS = {"", "nan", "none", "null", "na", "n/a"}
-
-
-def parse_label_value(value: Any) -> float:
-    """One CheXpert label cell -> 1.0 / 0.0 / -1.0, or nan for blank.
-
-    Accepts numbers and strings (``"1.0"``, ``"-1"``, ``""``, ``"nan"``, ``None``);
-    anything else (``2``, ``"yes"``, ``True``) raises ``ValueError``.
-    """
-    if value is None:
-        return float("nan")
-    if isinstance(value, bool):
-        raise ValueError(f"label value {value!r} is not 1, 0, -1 or blank")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        v = float(value)
-        if math.isnan(v):
-            return v
-        if v in (1.0, 0.0, -1.0):
-            return v
-        raise ValueError(f"label value {value!r} is not 1, 0, -1 or blank")
-    s = str(value).strip().lower()
-    if s in _BLANK_STRINGS:
-        return float("nan")
-    if s in _LABEL_STRINGS:
-        return _LABEL_STRINGS[s]
-    raise ValueError(f"label value {value!r} is not 1, 0, -1 or blank")
 
 
 def default_labeler() -> Labeler:
@@ -368,12 +343,8 @@ def run_labeler(labeler: Labeler | None, texts: Sequence[str]) -> np.ndarray:
     out = np.asarray(fn(texts), dtype=np.float32)
     if out.shape != (len(texts), NUM_OBSERVATIONS):
         raise ValueError(f"the labeler returned shape {out.shape}, expected ({len(texts)}, {NUM_OBSERVATIONS})")
-    ok = np.isnan(out) | np.isin(out, (1.0, 0.0, -1.0))
+    ok = np.isnan(out) | np.isin(out, LABEL_VALUES)
     if not ok.all():
         bad = sorted({float(v) for v in out[~ok]})[:5]
         raise ValueError(f"the labeler returned values {bad}; expected 1, 0, -1 or nan")
     return out
-
-
-def blank_labels() -> np.ndarray:
-    return np.full(NUM_OBSERVATIONS, np.nan, dtype=np.float32)

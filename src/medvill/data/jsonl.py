@@ -15,7 +15,7 @@ Fields (the keys of :func:`medvill.data.records.read_jsonl_records`, plus CSV co
 * ``image`` (or ``image_path`` / ``img``), required: relative to the file's folder, or absolute.
 * text, required: ``text``; else ``findings`` / ``impression`` (``section``, default the longer
   one, as in the paper); else ``report``, from which the FINDINGS / IMPRESSION sections are
-  extracted when it has those headers (:func:`medvill.data.mimic_cxr.extract_sections`) and
+  extracted when it has those headers (:func:`medvill.data.sections.extract_sections`) and
   which is used whole otherwise.
 * ``id``, optional: default ``<file stem>-<line number>``.
 * labels, optional: a ``labels`` object ``{observation: 1|0|-1|null}`` or the 14 CheXpert
@@ -37,17 +37,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS
+from .choices import SECTIONS
 from .common import (
     DataError,
     Labeler,
     RowPolicy,
-    blank_labels,
     check_choice,
     check_fractions,
     check_split,
@@ -56,34 +57,32 @@ from .common import (
     natural_key,
     normalize_split,
     open_text,
-    parse_label_value,
     read_csv,
     read_jsonl_lines,
     run_labeler,
 )
-from .mimic_cxr import extract_sections
+from .label_values import blank_labels, label_vector
 from .records import Record, SkipReport, choose_text
+from .sections import extract_sections
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("image", "image_path", "img")
 TEXT_KEYS = ("text", "findings", "impression", "report")
-SECTIONS = ("longer", "findings", "impression", "both")
 LABEL_MODES = ("auto", "file", "labeler", "none")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-_OBS_INDEX = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
 
 
-def _labels_from(mapping: dict[str, Any]) -> np.ndarray:
-    vec = blank_labels()
-    for name, value in mapping.items():
-        if name not in _OBS_INDEX:
-            raise ValueError(f"unknown CheXpert observation {name!r}")
-        try:
-            vec[_OBS_INDEX[name]] = parse_label_value(value)
-        except ValueError:
-            raise ValueError(f"label {name!r} has value {value!r}; expected 1, 0, -1 or blank") from None
-    return vec
+@dataclass
+class _Row:
+    """A kept row; ``labels`` None when the file gives none."""
+
+    id: str
+    image: Path
+    text: str
+    findings: str
+    impression: str
+    labels: np.ndarray | None
 
 
 def _row_text(row: dict[str, Any], section: str) -> tuple[str, str, str]:
@@ -163,6 +162,79 @@ def _json_type(value: Any) -> str:
     return {list: "list", dict: "object", bool: "boolean", int: "number", float: "number"}.get(type(value), "value")
 
 
+def _open_rows(path: Path, rows: RowPolicy) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of a ``.csv`` or JSON-lines file (optionally ``.gz``)."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".csv"):
+        return _csv_rows(path, rows)
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return _jsonl_rows(path, rows)
+    raise ValueError(f"{path}: expected a .jsonl or .csv file (optionally .gz)")
+
+
+def _row_split(row: dict[str, Any], raw_id: str, fractions: tuple[float, float, float], rows: RowPolicy,
+               where: str) -> str | None:
+    """The row's split: its ``split`` value, else the hash split; None for a bad value (counted)."""
+    raw_split = str(row.get("split") or "").strip()
+    if not raw_split:
+        return hash_split(raw_id or str(row["image"]), fractions)
+    row_split = normalize_split(raw_split)
+    if row_split is None:
+        rows.bad(f"unknown split value {raw_split!r} (expected train, validate or test)", where)
+    return row_split
+
+
+def _file_labels(given: Any, rows: RowPolicy, where: str) -> tuple[bool, np.ndarray | None]:
+    """``(ok, labels)`` from the row's ``labels`` value (None: the row has none); ``ok`` is
+    False for a bad value (counted)."""
+    if given is None:
+        return True, None
+    if not isinstance(given, dict):
+        rows.bad(f"'labels' must be an object of observation -> value, got {type(given).__name__}", where)
+        return False, None
+    try:
+        return True, label_vector(given)
+    except ValueError as exc:
+        rows.bad(str(exc), where)
+        return False, None
+
+
+def _row_content(row: dict[str, Any], rid: str, where: str, base: Path, section: str, labels: str,
+                 check_images: bool, rows: RowPolicy) -> _Row | None:
+    """The image, text and file labels of a row of the split, or None when one is bad (counted)."""
+    img = str(row["image"] or "").strip()
+    if not img:
+        rows.bad("blank image path", where)
+        return None
+    image = Path(img) if Path(img).is_absolute() else base / img
+    text, findings, impression = _row_text(row, section)
+    if not text:
+        rows.bad("empty report", where)
+        return None
+    ok, vec = _file_labels(row.get("labels") if labels in ("auto", "file") else None, rows, where)
+    if not ok:
+        return None
+    if check_images and not image.is_file():
+        rows.bad(f"missing image {image}", where)
+        return None
+    return _Row(rid, image, text, findings, impression, vec)
+
+
+def _fill_labels(kept: list[_Row], labels: str, labeler: Labeler | None) -> tuple[list[np.ndarray], int]:
+    """One label vector per kept row: its own, else the labeler's (modes ``auto`` /
+    ``labeler``; one call for all such rows), else blank; and how many rows the labeler read."""
+    need = [i for i, row in enumerate(kept) if row.labels is None and labels in ("auto", "labeler")]
+    matrix = run_labeler(labeler, [kept[i].text for i in need])
+    computed = {i: matrix[j].astype(np.float32) for j, i in enumerate(need)}
+    vectors = []
+    for i, row in enumerate(kept):
+        if row.labels is not None:
+            vectors.append(row.labels)
+        else:
+            vectors.append(computed[i] if i in computed else blank_labels())
+    return vectors, len(need)
+
+
 def load_jsonl(
     path: str | Path,
     split: str,
@@ -183,15 +255,9 @@ def load_jsonl(
     path = _resolve_file(Path(path), split)
     base = path.parent
     rows = RowPolicy(policy, skips, path)
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith(".csv"):
-        source = _csv_rows(path, rows)
-    elif name.endswith((".jsonl", ".json", ".ndjson")):
-        source = _jsonl_rows(path, rows)
-    else:
-        raise ValueError(f"{path}: expected a .jsonl or .csv file (optionally .gz)")
+    source = _open_rows(path, rows)
 
-    kept: list[tuple[str, Path, str, str, str, np.ndarray | None]] = []
+    kept: list[_Row] = []
     seen: set[str] = set()
     for lineno, row in source:
         where = f"{path}:{lineno}"
@@ -200,54 +266,21 @@ def load_jsonl(
         if rid in seen:
             rows.bad(f"duplicate id {rid!r}", where)
             continue
-        raw_split = str(row.get("split") or "").strip()
-        if raw_split:
-            row_split = normalize_split(raw_split)
-            if row_split is None:
-                rows.bad(f"unknown split value {raw_split!r} (expected train, validate or test)", where)
-                continue
-        else:
-            row_split = hash_split(raw_id or str(row["image"]), fractions)
+        row_split = _row_split(row, raw_id, fractions, rows, where)
+        if row_split is None:
+            continue
         seen.add(rid)
-        if row_split != split:
-            continue
-        img = str(row["image"] or "").strip()
-        if not img:
-            rows.bad("blank image path", where)
-            continue
-        image = Path(img) if Path(img).is_absolute() else base / img
-        text, findings, impression = _row_text(row, section)
-        if not text:
-            rows.bad("empty report", where)
-            continue
-        vec: np.ndarray | None = None
-        given = row.get("labels")
-        if given is not None and labels in ("auto", "file"):
-            if not isinstance(given, dict):
-                rows.bad(f"'labels' must be an object of observation -> value, got {type(given).__name__}", where)
-                continue
-            try:
-                vec = _labels_from(given)
-            except ValueError as exc:
-                rows.bad(str(exc), where)
-                continue
-        if check_images and not image.is_file():
-            rows.bad(f"missing image {image}", where)
-            continue
-        kept.append((rid, image, text, findings, impression, vec))
+        if row_split == split:
+            kept_row = _row_content(row, rid, where, base, section, labels, check_images, rows)
+            if kept_row is not None:
+                kept.append(kept_row)
 
-    need = [i for i, k in enumerate(kept) if k[5] is None and labels in ("auto", "labeler")]
-    matrix = run_labeler(labeler, [kept[i][2] for i in need])
-    computed = {i: matrix[j] for j, i in enumerate(need)}
-    records = []
-    for i, (rid, image, text, findings, impression, vec) in enumerate(kept):
-        if vec is None:
-            vec = computed[i].astype(np.float32) if i in computed else blank_labels()
-        records.append(Record(id=rid, image=image, text=text, labels=vec, split=split, findings=findings,
-                              impression=impression))
+    vectors, n_labelled = _fill_labels(kept, labels, labeler)
+    records = [Record(id=k.id, image=k.image, text=k.text, labels=vec, split=split, findings=k.findings,
+                      impression=k.impression) for k, vec in zip(kept, vectors)]
     records.sort(key=lambda r: natural_key(r.id))
     rows.finish(log)
-    if need:
-        log.info("%s: labelled %d of %d %s records with the labeler (no labels in the file)", path, len(need),
+    if n_labelled:
+        log.info("%s: labelled %d of %d %s records with the labeler (no labels in the file)", path, n_labelled,
                  len(records), split)
     return records

@@ -1,4 +1,4 @@
-"""MIMIC-CXR-JPG image/report pairs, and MedViLL's own JSONL split files.
+"""MIMIC-CXR-JPG image/report pairs (MedViLL's own MIMIC-CXR split files: :mod:`medvill.data.medvill_jsonl`).
 
 Getting the data
 ----------------
@@ -35,7 +35,7 @@ Rules (:func:`load_mimic_cxr`)
   prefer the first view listed, then the earliest acquisition, then the smallest dicom_id
   (blank dates/times sort last).  If the chosen JPG is missing (a counted skip, or an error)
   the next image in that order is used.
-* **Report text** (:func:`extract_sections`): FINDINGS and IMPRESSION sections are found by
+* **Report text** (:func:`medvill.data.sections.extract_sections`): FINDINGS and IMPRESSION sections are found by
   their headers (case-insensitive, at the start of a line, ending at the next section
   header, spanning lines); ``section="longer"`` (default, the paper's rule) takes the longer
   of the two, ``"findings"`` / ``"impression"`` one of them with the other as fallback,
@@ -53,35 +53,38 @@ Record ids are ``"s<study_id>"`` (as in MedViLL's files); records are sorted by 
 
 from __future__ import annotations
 
-import ast
 import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS
+from ..labels import CHEXPERT_OBSERVATIONS
+from .choices import SECTIONS
 from .common import (
     Labeler,
     RowPolicy,
-    blank_labels,
     check_choice,
     check_split,
-    clean_text,
     find_file,
     natural_key,
     normalize_split,
-    parse_label_value,
     read_csv,
-    read_jsonl_lines,
     read_text,
     run_labeler,
 )
-from .records import Record, SkipReport, choose_text
+from .label_values import blank_labels, label_vector
+from .label_values import parse_positive_labels as parse_positive_labels
+from .medvill_jsonl import load_medvill_jsonl as load_medvill_jsonl
+from .records import Record, SkipReport
+from .sections import extract_sections as extract_sections
+from .sections import report_text
+
+# (parse_positive_labels, load_medvill_jsonl and extract_sections lived here before
+# medvill.data.label_values / medvill_jsonl / sections; they stay importable from here.)
 
 log = logging.getLogger(__name__)
 
@@ -94,83 +97,8 @@ KNOWN_VIEWS = frozenset({
     "PA", "AP", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO", "RAO", "LPO",
     "XTABLE LATERAL", "SWIMMERS",
 })
-SECTIONS = ("longer", "findings", "impression", "both")
 LABEL_SOURCES = ("official", "labeler", "none")
-
-# ---------------------------------------------------------------------------------------
-# report sections
-# ---------------------------------------------------------------------------------------
-
-_FINDINGS_NAMES = {"findings", "finding", "findings and impression", "findings/impression"}
-_IMPRESSION_NAMES = {"impression", "impressions", "conclusion", "conclusions"}
-_OTHER_HEADERS = {
-    "indication", "indications", "history", "clinical history", "technique", "comparison", "comparisons",
-    "examination", "exam", "reason for exam", "reason for examination", "notification", "recommendation",
-    "recommendations", "recommendation(s)", "addendum", "wet read", "procedure", "clinical information",
-    "clinical indication", "type of examination", "final report", "study",
-}
-_HEADER_RE = re.compile(r"^[ \t]*([A-Za-z][A-Za-z ()/&,-]{0,48}?)[ \t]*:", re.MULTILINE)
-
-
-def _header_kind(name: str) -> str | None:
-    """'findings' / 'impression' / 'other' for a section header name, or None if the text
-    before the colon is not a header (an all-capitals label, or a known header name in any
-    case)."""
-    key = " ".join(name.lower().split())
-    if key in _FINDINGS_NAMES:
-        return "findings"
-    if key in _IMPRESSION_NAMES:
-        return "impression"
-    if key in _OTHER_HEADERS or (name.isupper() and any(c.isalpha() for c in name)):
-        return "other"
-    return None
-
-
-def extract_sections(report: str) -> tuple[str, str, str]:
-    """``(findings, impression, last_paragraph)`` of a free-text radiology report.
-
-    A section starts at a header at the beginning of a line (``FINDINGS:``, ``Impression:``,
-    ... - case-insensitive; ``CONCLUSION`` counts as impression, ``FINDINGS AND IMPRESSION``
-    as findings) and runs, over any number of lines, to the next header (any all-capitals
-    ``LABEL:`` at a line start, or a known header name such as ``Comparison:``).  Repeated
-    sections are joined.  Whitespace is collapsed to single spaces.  ``last_paragraph`` is the
-    last block of the report separated by a blank line or a line of underscores (the
-    addendum delimiter), without a leading header label.
-    """
-    text = report.replace("\r\n", "\n").replace("\r", "\n")
-    heads = [(m.start(), m.end(), _header_kind(m.group(1))) for m in _HEADER_RE.finditer(text)]
-    heads = [h for h in heads if h[2] is not None]
-    parts: dict[str, list[str]] = {"findings": [], "impression": []}
-    for i, (_, end, kind) in enumerate(heads):
-        if kind in parts:
-            stop = heads[i + 1][0] if i + 1 < len(heads) else len(text)
-            body = clean_text(text[end:stop])
-            if body:
-                parts[kind].append(body)
-    lines = ["" if re.fullmatch(r"\s*_{3,}\s*", ln) else ln for ln in text.split("\n")]
-    paragraphs = [p for p in re.split(r"\n[ \t]*\n", "\n".join(lines)) if p.strip()]
-    last = ""
-    if paragraphs:
-        last = paragraphs[-1]
-        m = _HEADER_RE.match(last)
-        if m and _header_kind(m.group(1)) is not None:
-            last = last[m.end():]
-        last = clean_text(last)
-    return " ".join(parts["findings"]), " ".join(parts["impression"]), last
-
-
-def report_text(report: str, section: str = "longer", fallback: bool = True) -> tuple[str, str, str]:
-    """``(text, findings, impression)`` for a report: the chosen section(s), or the last
-    paragraph when the report has neither FINDINGS nor IMPRESSION (and ``fallback``)."""
-    findings, impression, last = extract_sections(report)
-    if findings or impression:
-        return choose_text(findings, impression, section), findings, impression
-    return (last if fallback else ""), "", ""
-
-
-# ---------------------------------------------------------------------------------------
-# MIMIC-CXR-JPG
-# ---------------------------------------------------------------------------------------
+_METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime")
 
 
 @dataclass
@@ -182,6 +110,16 @@ class _Image:
     date: float
     time: float
     where: str
+
+
+@dataclass
+class _Study:
+    """A study whose image and report were found: what its record is made of."""
+
+    image: _Image
+    text: str
+    findings: str
+    impression: str
 
 
 def _files_dir(base: Path) -> Path:
@@ -206,6 +144,32 @@ def mimic_image_path(files: Path, subject_id: str, study_id: str, dicom_id: str)
 
 def mimic_report_path(files: Path, subject_id: str, study_id: str) -> Path:
     return files / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
+
+
+def _check_views(views: Sequence[str]) -> tuple[str, ...]:
+    """``views`` upper-cased, as a tuple; an empty or unknown view is a ValueError."""
+    out = tuple(str(v).strip().upper() for v in ((views,) if isinstance(views, str) else views))
+    if not out:
+        raise ValueError("views must name at least one view, e.g. ('AP',) or ('PA', 'AP')")
+    unknown = [v for v in out if v not in KNOWN_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown view(s) {unknown}; MIMIC-CXR views are {', '.join(sorted(KNOWN_VIEWS))}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the three CSVs
+# ---------------------------------------------------------------------------------------
+
+
+def _find_csvs(root: Path, labels: str) -> tuple[Path, Path, Path | None]:
+    """The metadata, split and (with ``labels="official"``) chexpert CSVs in ``root``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"MIMIC-CXR-JPG folder not found: {root}")
+    meta_path = find_file(root, METADATA_NAMES, "MIMIC-CXR-JPG metadata file")
+    split_path = find_file(root, SPLIT_NAMES, "MIMIC-CXR-JPG split file")
+    chex_path = find_file(root, CHEXPERT_NAMES, "MIMIC-CXR-JPG chexpert label file") if labels == "official" else None
+    return meta_path, split_path, chex_path
 
 
 def _read_official_splits(path: Path, rows: RowPolicy) -> tuple[dict[str, str], set[str]]:
@@ -247,20 +211,99 @@ def _read_chexpert(path: Path, rows: RowPolicy) -> tuple[dict[str, np.ndarray], 
             labels.pop(study, None)
             bad.add(study)
             continue
-        vec = np.empty(NUM_OBSERVATIONS, dtype=np.float32)
         try:
-            for i, name in enumerate(CHEXPERT_OBSERVATIONS):
-                try:
-                    vec[i] = parse_label_value(row[name])
-                except ValueError:
-                    raise ValueError(f"column {name!r} has value {row[name]!r}; "
-                                     f"expected 1.0, 0.0, -1.0 or blank") from None
+            vec = label_vector({name: row[name] for name in CHEXPERT_OBSERVATIONS}, field="column",
+                               expected="1.0, 0.0, -1.0")
         except ValueError as exc:
             rows.bad(str(exc), where)
             bad.add(study)
             continue
         labels[study] = vec
     return labels, bad
+
+
+def _read_images(meta_path: Path, split_path: Path, official: dict[str, str], bad_dicoms: set[str], split: str,
+                 views: tuple[str, ...], rows: RowPolicy) -> dict[str, list[_Image]]:
+    """study_id -> the images of the metadata file in ``split`` with a view in ``views``."""
+    by_study: dict[str, list[_Image]] = {}
+    for lineno, row in read_csv(meta_path, _METADATA_COLUMNS, rows):
+        where = f"{meta_path}:{lineno}"
+        dicom, subject, study = row["dicom_id"], row["subject_id"], row["study_id"]
+        if not dicom or not _digits(subject) or not _digits(study):
+            rows.bad("blank dicom_id or non-numeric subject_id / study_id", where)
+            continue
+        if dicom not in official:
+            if dicom not in bad_dicoms:  # a bad split row is counted once, there
+                rows.bad(f"dicom_id {dicom} is not in {split_path.name}", where)
+            continue
+        if official[dicom] != split:
+            continue
+        view = " ".join(row["ViewPosition"].upper().split())
+        if not view:
+            rows.bad("blank ViewPosition", where)
+            continue
+        if view not in KNOWN_VIEWS:
+            rows.bad(f"unknown ViewPosition {row['ViewPosition']!r}", where)
+            continue
+        if view not in views:
+            continue
+        by_study.setdefault(study, []).append(
+            _Image(dicom, subject, study, view, _number(row["StudyDate"]), _number(row["StudyTime"]), where))
+    return by_study
+
+
+# ---------------------------------------------------------------------------------------
+# one study: its image, its report
+# ---------------------------------------------------------------------------------------
+
+
+def _pick_image(images: list[_Image], views: tuple[str, ...], image_files: Path, check_images: bool,
+                rows: RowPolicy) -> _Image | None:
+    """The study's first image in the order of the rules whose JPG exists (a missing one is
+    a bad row)."""
+    for im in sorted(images, key=lambda im: (views.index(im.view), im.date, im.time, im.dicom_id)):
+        path = mimic_image_path(image_files, im.subject_id, im.study_id, im.dicom_id)
+        if check_images and not path.is_file():
+            rows.bad(f"missing image {path}", im.where)
+            continue
+        return im
+    return None
+
+
+def _read_report(pick: _Image, report_files: Path, section: str, fallback_last_paragraph: bool,
+                 rows: RowPolicy) -> _Study | None:
+    """The study with its report text, or None when the report is missing or empty (a bad row)."""
+    rpath = mimic_report_path(report_files, pick.subject_id, pick.study_id)
+    if not rpath.is_file():
+        rows.bad(f"missing report {rpath}", pick.where)
+        return None
+    try:
+        raw = read_text(rpath)
+    except (OSError, UnicodeDecodeError) as exc:
+        rows.bad(f"cannot read report {rpath} ({exc})", pick.where)
+        return None
+    text, findings, impression = report_text(raw, section, fallback_last_paragraph)
+    if not text:
+        rows.bad(f"empty report {rpath}" if not raw.strip() else
+                 f"no FINDINGS / IMPRESSION text in report {rpath}", pick.where)
+        return None
+    return _Study(pick, text, findings, impression)
+
+
+def _study_labels(labels: str, studies: list[_Study], chexpert: dict[str, np.ndarray],
+                labeler: Labeler | None) -> list[np.ndarray]:
+    """One label vector per study: the chexpert row, the labeler's, or blank."""
+    if labels == "official":
+        return [chexpert[s.image.study_id].copy() for s in studies]
+    if labels == "labeler":
+        matrix = run_labeler(labeler, [s.text for s in studies])
+        return [matrix[i].astype(np.float32) for i in range(len(studies))]
+    return [blank_labels() for _ in studies]
+
+
+# ---------------------------------------------------------------------------------------
+# the loader
+# ---------------------------------------------------------------------------------------
 
 
 def load_mimic_cxr(
@@ -288,62 +331,20 @@ def load_mimic_cxr(
     check_split(split)
     check_choice("section", section, SECTIONS)
     check_choice("labels", labels, LABEL_SOURCES)
-    views = tuple(str(v).strip().upper() for v in ((views,) if isinstance(views, str) else views))
-    if not views:
-        raise ValueError("views must name at least one view, e.g. ('AP',) or ('PA', 'AP')")
-    unknown = [v for v in views if v not in KNOWN_VIEWS]
-    if unknown:
-        raise ValueError(f"unknown view(s) {unknown}; MIMIC-CXR views are {', '.join(sorted(KNOWN_VIEWS))}")
+    views = _check_views(views)
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"MIMIC-CXR-JPG folder not found: {root}")
-    meta_path = find_file(root, METADATA_NAMES, "MIMIC-CXR-JPG metadata file")
-    split_path = find_file(root, SPLIT_NAMES, "MIMIC-CXR-JPG split file")
-    chex_path = find_file(root, CHEXPERT_NAMES, "MIMIC-CXR-JPG chexpert label file") if labels == "official" else None
+    meta_path, split_path, chex_path = _find_csvs(root, labels)
     image_files = _files_dir(root)
     report_files = _files_dir(Path(reports_root)) if reports_root is not None else image_files
     rows = RowPolicy(policy, skips, root)
 
     official, bad_dicoms = _read_official_splits(split_path, rows)
     chexpert, bad_studies = _read_chexpert(chex_path, rows) if chex_path is not None else ({}, set())
+    by_study = _read_images(meta_path, split_path, official, bad_dicoms, split, views, rows)
 
-    by_study: dict[str, list[_Image]] = {}
-    needed = ("dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime")
-    for lineno, row in read_csv(meta_path, needed, rows):
-        where = f"{meta_path}:{lineno}"
-        dicom, subject, study = row["dicom_id"], row["subject_id"], row["study_id"]
-        if not dicom or not _digits(subject) or not _digits(study):
-            rows.bad("blank dicom_id or non-numeric subject_id / study_id", where)
-            continue
-        if dicom not in official:
-            if dicom not in bad_dicoms:  # a bad split row is counted once, there
-                rows.bad(f"dicom_id {dicom} is not in {split_path.name}", where)
-            continue
-        if official[dicom] != split:
-            continue
-        view = " ".join(row["ViewPosition"].upper().split())
-        if not view:
-            rows.bad("blank ViewPosition", where)
-            continue
-        if view not in KNOWN_VIEWS:
-            rows.bad(f"unknown ViewPosition {row['ViewPosition']!r}", where)
-            continue
-        if view not in views:
-            continue
-        by_study.setdefault(study, []).append(
-            _Image(dicom, subject, study, view, _number(row["StudyDate"]), _number(row["StudyTime"]), where))
-
-    chosen: list[tuple[_Image, str, str, str]] = []
+    studies: list[_Study] = []
     for study in sorted(by_study, key=natural_key):
-        images = sorted(by_study[study], key=lambda im: (views.index(im.view), im.date, im.time, im.dicom_id))
-        pick = None
-        for im in images:
-            if check_images and not mimic_image_path(image_files, im.subject_id, im.study_id, im.dicom_id).is_file():
-                rows.bad(f"missing image {mimic_image_path(image_files, im.subject_id, im.study_id, im.dicom_id)}",
-                         im.where)
-                continue
-            pick = im
-            break
+        pick = _pick_image(by_study[study], views, image_files, check_images, rows)
         if pick is None:
             continue
         if labels == "official" and study not in chexpert:
@@ -351,184 +352,16 @@ def load_mimic_cxr(
                 rows.bad(f"study {study} has no row in {chex_path.name if chex_path else 'the chexpert file'}",
                          pick.where)
             continue
-        rpath = mimic_report_path(report_files, pick.subject_id, study)
-        if not rpath.is_file():
-            rows.bad(f"missing report {rpath}", pick.where)
-            continue
-        try:
-            raw = read_text(rpath)
-        except (OSError, UnicodeDecodeError) as exc:
-            rows.bad(f"cannot read report {rpath} ({exc})", pick.where)
-            continue
-        text, findings, impression = report_text(raw, section, fallback_last_paragraph)
-        if not text:
-            rows.bad(f"empty report {rpath}" if not raw.strip() else
-                     f"no FINDINGS / IMPRESSION text in report {rpath}", pick.where)
-            continue
-        chosen.append((pick, text, findings, impression))
+        found = _read_report(pick, report_files, section, fallback_last_paragraph, rows)
+        if found is not None:
+            studies.append(found)
 
-    if labels == "labeler":
-        matrix = run_labeler(labeler, [c[1] for c in chosen])
-    records = []
-    for i, (im, text, findings, impression) in enumerate(chosen):
-        if labels == "official":
-            vec = chexpert[im.study_id].copy()
-        elif labels == "labeler":
-            vec = matrix[i].astype(np.float32)
-        else:
-            vec = blank_labels()
-        records.append(Record(
-            id=f"s{im.study_id}", image=mimic_image_path(image_files, im.subject_id, im.study_id, im.dicom_id),
-            text=text, labels=vec, split=split, findings=findings, impression=impression))
+    vectors = _study_labels(labels, studies, chexpert, labeler)
+    records = [Record(id=f"s{s.image.study_id}", text=s.text, labels=vec, split=split, findings=s.findings,
+                      impression=s.impression,
+                      image=mimic_image_path(image_files, s.image.subject_id, s.image.study_id, s.image.dicom_id))
+               for s, vec in zip(studies, vectors)]
     records.sort(key=lambda r: natural_key(r.id))
     rows.finish(log)
     log.info("MIMIC-CXR %s: %d studies (views %s)", split, len(records), "/".join(views))
-    return records
-
-
-# ---------------------------------------------------------------------------------------
-# MedViLL's JSONL split files (MIMIC-CXR and Open-I)
-# ---------------------------------------------------------------------------------------
-
-_MEDVILL_FILES = {"train": ("Train.jsonl", "train.jsonl"),
-                  "validate": ("Valid.jsonl", "valid.jsonl", "Val.jsonl", "val.jsonl", "Validate.jsonl",
-                               "validate.jsonl"),
-                  "test": ("Test.jsonl", "test.jsonl")}
-_OBS_INDEX = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
-
-
-def parse_positive_labels(value: Any) -> np.ndarray:
-    """MedViLL's ``label`` field -> a label vector.
-
-    The field is a quoted, comma-separated string of the observations the CheXpert labeler
-    found positive, e.g. ``"'Lung Opacity', 'Support Devices'"``, or ``"''"`` for none (a
-    JSON list of names is accepted too).  The listed observations are 1 and **every other
-    observation is 0**: the files keep only the positive set the labeler found, so an
-    unlisted observation is "not positive" (negative, uncertain or not mentioned - the files
-    do not say which; 0 is how MedViLL itself trains on them).  An unknown name raises
-    ``ValueError``.
-    """
-    if isinstance(value, (list, tuple)):
-        names = [str(v).strip() for v in value]
-    else:
-        s = str(value if value is not None else "").strip()
-        if not s:
-            names = []
-        else:
-            try:
-                parsed = ast.literal_eval(f"[{s}]")
-            except (ValueError, SyntaxError):
-                raise ValueError(f"cannot parse label string {s!r}; "
-                                 f"expected e.g. \"'Edema', 'Cardiomegaly'\"") from None
-            if not all(isinstance(p, str) for p in parsed):
-                raise ValueError(f"cannot parse label string {s!r}; expected quoted observation names")
-            names = [p.strip() for p in parsed]
-    vec = np.zeros(NUM_OBSERVATIONS, dtype=np.float32)
-    for name in names:
-        if not name:
-            continue
-        if name not in _OBS_INDEX:
-            raise ValueError(f"unknown CheXpert observation {name!r} in label field")
-        vec[_OBS_INDEX[name]] = 1.0
-    return vec
-
-
-def _medvill_file(path_or_root: Path, split: str) -> Path:
-    if path_or_root.is_file():
-        return path_or_root
-    if not path_or_root.is_dir():
-        raise FileNotFoundError(f"MedViLL JSONL file or folder not found: {path_or_root}")
-    present = {p.name: p for p in path_or_root.iterdir() if p.is_file()}
-    for name in _MEDVILL_FILES[split]:
-        for cand in (name, name + ".gz"):
-            if cand in present:
-                return present[cand]
-    raise FileNotFoundError(f"no {split} file in {path_or_root}; expected one of "
-                            f"{', '.join(_MEDVILL_FILES[split])}")
-
-
-def _resolve_medvill_image(img: str, file_dir: Path, image_root: Path | None) -> Path:
-    p = Path(img)
-    if p.is_absolute():
-        return p
-    candidates = []
-    if image_root is not None:
-        candidates += [image_root / p, image_root / p.name]
-    candidates += [file_dir / p, file_dir / p.name]
-    for c in candidates:
-        if c.is_file():
-            return c
-    return candidates[0]
-
-
-def load_medvill_jsonl(
-    path_or_root: str | Path,
-    split: str,
-    *,
-    image_root: str | Path | None = None,
-    check_images: bool = True,
-    policy: str = "skip",
-    skips: SkipReport | None = None,
-) -> list[Record]:
-    """MedViLL's own split files (MIMIC-CXR and Open-I), one JSON object per line::
-
-        {"id": "s57495790", "split": "valid", "label": "'Lung Opacity'", "text": "<report>",
-         "img": "data/preprocessed/mimic/valid/s57495790.jpg"}
-
-    (the Open-I files have no ``split`` key).  They come with the MedViLL repository
-    (github.com/SuperSupermoon/MedViLL, ``data/mimic`` and ``data/openi``); the MIMIC-CXR ones
-    hold MIMIC report text and need the PhysioNet licence.
-
-    ``path_or_root`` is a folder with ``Train.jsonl`` / ``Valid.jsonl`` / ``Test.jsonl`` (the
-    split picks the file; lower-case names and ``.gz`` work too) or one file, whose rows are
-    kept when their ``split`` key (``valid`` = ``validate``) matches ``split`` or is absent.
-    Labels: :func:`parse_positive_labels` (listed = 1, unlisted = 0).  Text: ``text`` as is
-    (MedViLL already chose the section).  Image ``img``: absolute, else the first that exists
-    of ``image_root/img``, ``image_root/<file name>``, ``<jsonl folder>/img``,
-    ``<jsonl folder>/<file name>``.  An empty text, a missing image (with ``check_images``),
-    a missing key or a bad label is a bad row.  Records are sorted by id.
-    """
-    check_split(split)
-    path = _medvill_file(Path(path_or_root), split)
-    img_root = Path(image_root) if image_root is not None else None
-    rows = RowPolicy(policy, skips, path)
-    records: list[Record] = []
-    seen: set[str] = set()
-    for lineno, obj in read_jsonl_lines(path, rows):
-        where = f"{path}:{lineno}"
-        missing = [k for k in ("id", "label", "text", "img") if k not in obj]
-        if missing:
-            rows.bad(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}", where)
-            continue
-        if "split" in obj:
-            row_split = normalize_split(obj["split"])
-            if row_split is None:
-                rows.bad(f"unknown split value {obj['split']!r}", where)
-                continue
-            if row_split != split:
-                continue
-        rid = str(obj["id"]).strip()
-        if not rid:
-            rows.bad("blank id", where)
-            continue
-        if rid in seen:
-            rows.bad(f"duplicate id {rid!r}", where)
-            continue
-        try:
-            vec = parse_positive_labels(obj["label"])
-        except ValueError as exc:
-            rows.bad(str(exc), where)
-            continue
-        text = clean_text(obj["text"])
-        if not text:
-            rows.bad("empty report", where)
-            continue
-        image = _resolve_medvill_image(str(obj["img"]), path.parent, img_root)
-        if check_images and not image.is_file():
-            rows.bad(f"missing image {image}", where)
-            continue
-        seen.add(rid)
-        records.append(Record(id=rid, image=image, text=text, labels=vec, split=split))
-    records.sort(key=lambda r: natural_key(r.id))
-    rows.finish(log)
     return records

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..labels import NUM_OBSERVATIONS, labels_to_vector
+from .choices import SECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class SkipReport:
 
 def choose_text(findings: str, impression: str, mode: str = "longer") -> str:
     """The report text the model reads: the longer of Findings and Impression (the paper's
-    rule), or one section by name with the other as fallback."""
+    rule), or one section by name with the other as fallback, or both (``mode``: one of
+    :data:`~medvill.data.choices.SECTIONS`)."""
     findings, impression = (findings or "").strip(), (impression or "").strip()
     if mode == "longer":
         return findings if len(findings) >= len(impression) else impression
@@ -75,7 +77,7 @@ def choose_text(findings: str, impression: str, mode: str = "longer") -> str:
         return impression or findings
     if mode == "both":
         return " ".join(t for t in (findings, impression) if t)
-    raise ValueError(f"unknown text section mode {mode!r}; use longer, findings, impression or both")
+    raise ValueError(f"unknown text section mode {mode!r}; use {', '.join(SECTIONS[:-1])} or {SECTIONS[-1]}")
 
 
 def read_jsonl_records(path: str | Path, split: str | None = None, text_mode: str = "longer",

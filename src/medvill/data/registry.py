@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .choices import SPLITS as SPLITS  # re-exported: the CLI imports it from here
+from .common import check_split
 from .records import Record, SkipReport, read_jsonl_records
 
 if TYPE_CHECKING:  # vqa_rad is imported on first use
@@ -30,7 +32,6 @@ if TYPE_CHECKING:  # vqa_rad is imported on first use
 log = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "mimic", "openi", "jsonl", "vqa_rad")
-SPLITS = ("train", "validate", "test")
 
 
 def cache_dir() -> Path:
@@ -60,8 +61,7 @@ def is_prepared(root: str | Path | None) -> bool:
 def _check(dataset: str, split: str) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    check_split(split)
 
 
 def load_records(dataset: str, root: str | Path | None, split: str, *, image_size: int = 128,

@@ -185,6 +185,41 @@ def _expand_frames(entries: list[Any]) -> Iterable[tuple[Any, Any]]:
             yield f"{j} question_frame", dict(q, question=frame, phrase_type="frame", qid=f"{q.get('qid')}-frame")
 
 
+def _read_layout(root: Path, layout: str, split: str, expand_frames: bool, check_images: bool, policy: str,
+                 skips: SkipReport | None) -> tuple[list[VQAItem], RowPolicy]:
+    """The questions of the file that holds ``split`` (``split`` of each: ``train`` or ``test``),
+    and the bad-row policy made for that file."""
+    if layout == "mevf":
+        image_dir = root / "images"
+        path = root / ("testset.json" if split == "test" else "trainset.json")
+        rows = RowPolicy(policy, skips, path)
+        fixed = "test" if split == "test" else "train"
+        items = _parse_items(enumerate(_read_json_list(path)), path, image_dir, lambda _: fixed, rows, check_images)
+        return items, rows
+    image_dir = root / OFFICIAL_IMAGES
+    path = root / OFFICIAL_JSON
+    rows = RowPolicy(policy, skips, path)
+    entries = _read_json_list(path)
+    items = _parse_items(_expand_frames(entries) if expand_frames else enumerate(entries), path, image_dir,
+                         lambda phrase: "test" if phrase.lower().startswith("test") else "train", rows,
+                         check_images)
+    return items, rows
+
+
+def _mark_validation(items: list[VQAItem], validate_by: str, fraction: float) -> None:
+    """Move the validation carve of the training ``items`` to ``split="validate"``."""
+    train = [it for it in items if it.split == "train"]
+    if validate_by == "image":
+        val_images = carve_validation(train, fraction)
+        for it in train:
+            if it.image.name in val_images:
+                it.split = "validate"
+    else:
+        for it in train:
+            if hash_unit(f"{it.qid}:{it.question}", "vqa-rad-question/") < fraction:
+                it.split = "validate"
+
+
 def load_vqa_rad(
     root: str | Path,
     split: str,
@@ -211,31 +246,9 @@ def load_vqa_rad(
     root = Path(root)
     if layout == "auto":
         layout = detect_layout(root)
-    if layout == "mevf":
-        image_dir = root / "images"
-        path = root / ("testset.json" if split == "test" else "trainset.json")
-        rows = RowPolicy(policy, skips, path)
-        fixed = "test" if split == "test" else "train"
-        items = _parse_items(enumerate(_read_json_list(path)), path, image_dir, lambda _: fixed, rows, check_images)
-    else:
-        image_dir = root / OFFICIAL_IMAGES
-        path = root / OFFICIAL_JSON
-        rows = RowPolicy(policy, skips, path)
-        entries = _read_json_list(path)
-        items = _parse_items(_expand_frames(entries) if expand_frames else enumerate(entries), path, image_dir,
-                             lambda phrase: "test" if phrase.lower().startswith("test") else "train", rows,
-                             check_images)
+    items, rows = _read_layout(root, layout, split, expand_frames, check_images, policy, skips)
     if split != "test":
-        train = [it for it in items if it.split == "train"]
-        if validate_by == "image":
-            val_images = carve_validation(train, validate_fraction)
-            for it in train:
-                if it.image.name in val_images:
-                    it.split = "validate"
-        else:
-            for it in train:
-                if hash_unit(f"{it.qid}:{it.question}", "vqa-rad-question/") < validate_fraction:
-                    it.split = "validate"
+        _mark_validation(items, validate_by, validate_fraction)
     items = [it for it in items if it.split == split and (organ == "ALL" or it.organ == organ)]
     items.sort(key=lambda it: natural_key(it.qid))
     rows.finish(log)
