@@ -22,7 +22,7 @@ from medvill.data.collate import (
     blank_reports,
     mask_tokens,
 )
-from medvill.finetune import read_thresholds, run_evaluation, run_finetuning
+from medvill.finetune import run_evaluation, run_finetuning
 from medvill.generation import GenerationConfig, generate, reference_nll
 from medvill.inference import Pipeline
 from medvill.metrics.classification import classification_metrics, select_micro_threshold, select_thresholds
@@ -30,6 +30,7 @@ from medvill.metrics.generation import clinical_efficacy
 from medvill.modeling.heads import MedViLLForPretraining
 from medvill.modeling.masks import pseudo_mask_attention
 from medvill.pipeline import build_tokenizer, load_split, model_config_for
+from medvill.tasks.classification import read_thresholds
 from medvill.tasks.generation import GenerationTask
 from medvill.train.loop import fit
 
@@ -174,15 +175,16 @@ def test_classification_image_only_training_thresholds_and_metrics(synthetic_roo
     assert set(thresholds) == {"image_report", "image_only", "image_report_micro", "image_only_micro"}
     assert thresholds["image_only"].shape == (14,) and thresholds["image_only_micro"].shape == ()
     # the saved thresholds are those of the saved (selected) model on the validation split
-    from medvill.finetune import _dataset, _loader, _task
     from medvill.modeling.heads import MedViLLForClassification
+    from medvill.tasks.common import loader, record_dataset
+    from medvill.tasks.registry import task_spec
     from medvill.tokenization import MedTokenizer
 
-    task, _ = _task("classification")
+    task = task_spec("classification").medvill.make_task(None, out)
     model = MedViLLForClassification.from_pretrained(out)
     tok = MedTokenizer.from_pretrained(out)
     val = load_split(cfg, "validate")
-    probs, targets = task.predict(model, _loader(_dataset(task, val, tok, model.config), cfg, tok, train=False))
+    probs, targets = task.predict(model, loader(record_dataset(val, tok, model.config), cfg, tok, train=False))
     assert np.allclose(thresholds["image_report"], select_thresholds(targets, probs))
     assert thresholds["image_report_micro"] == pytest.approx(select_micro_threshold(targets, probs))
     metrics = run_evaluation("classification", out, cfg, split="test", n_bootstrap=3)

@@ -48,7 +48,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import torch
@@ -82,6 +82,7 @@ from .generation import generate as generate_ids
 from .labels import CHEXPERT_OBSERVATIONS
 from .modeling.heads import MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA
 from .modeling.pretrained import PreTrainedModel
+from .tasks.registry import task_spec
 from .tasks.vqa import read_answers
 from .tokenization import MedTokenizer
 
@@ -92,17 +93,18 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray
 #: A batch as the Pipeline's methods take it: a list or a tuple (anything else is one input).
 Batch = list[Any] | tuple[Any, ...]
 
+#: the tasks a Pipeline runs (each has its method: classify, retrieve, answer, generate)
 TASKS = ("classification", "retrieval", "vqa", "generation")
 #: The model picked where a folder holds several checkpoints of a task.
 DEFAULT_MODEL = "MedViLL-BAR"
 #: A task's model: one of :data:`MODEL_CLASSES`.
 TaskModel = MedViLLForClassification | MedViLLForRetrieval | MedViLLForVQA | MedViLLForPretraining
+#: each task's MedViLL model class, from the task registry (medvill.tasks.registry)
 MODEL_CLASSES: dict[str, type[TaskModel]] = {
-    "classification": MedViLLForClassification, "retrieval": MedViLLForRetrieval, "vqa": MedViLLForVQA,
-    "generation": MedViLLForPretraining,
-}
-_ARCHITECTURE_TASK = {"MedViLLForClassification": "classification", "MedViLLForRetrieval": "retrieval",
-                      "MedViLLForVQA": "vqa"}
+    task: cast("type[TaskModel]", task_spec(task).medvill.model_class) for task in TASKS}
+#: older checkpoints without finetune.json: the task from the architecture (generation's
+#: MedViLLForPretraining is also the pre-training model, so it cannot say)
+_ARCHITECTURE_TASK = {MODEL_CLASSES[t].__name__: t for t in ("classification", "retrieval", "vqa")}
 #: explain() without ``task=``: the first of these that is available.
 EXPLAIN_ORDER = ("classification", "retrieval", "vqa", "generation")
 

@@ -12,20 +12,26 @@ BLEU-4, clinical efficacy (our labeler on generated vs reference) and perplexity
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import MaskScheme
+from ..config import MaskScheme, RunConfig
+from ..data.collate import MLMSpec, PretrainCollator, PretrainDataset
 from ..distributed import gather_lists, shard_loader
 from ..generation import GenerationConfig, GenerativeModel, generate, reference_nll
 from ..metrics import bleu4, clinical_efficacy
 from ..modeling.baselines import TieNet
 from ..modeling.heads import MedViLLForPretraining
+from ..pipeline import load_split
 from ..tokenization import MedTokenizer
 from .base import StepOutput
+from .common import loader, record_dataset
+from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
 
 
 class GenerationTask:
@@ -107,3 +113,71 @@ class GenerationScores:
                "perplexity": float(np.exp(self.nll[idx].sum() / self.n_tokens[idx].sum()))}
         out.update(clinical_efficacy(self.generated_labels[idx], self.reference_labels[idx]))
         return out
+
+
+# ============================================================================================
+# the task's contract (tasks/registry.py)
+# ============================================================================================
+
+def fit_generation(task: GenerationTask, ctx: FitContext) -> FitPlan:
+    """``full``: the unmasked reports (every token a target); ``mlm``: a masked sample, [SEP]
+    included.  Validation: perplexity of the reference reports."""
+    p, mcfg, tok, cfg = ctx.cfg.pretrain, ctx.model_config, ctx.tokenizer, ctx.cfg
+    mlm = None if task.objective == "full" else MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac)
+    train_ds = PretrainDataset(ctx.train, tok, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
+                               matching=False, mask_end=True)
+    val_ds = PretrainDataset(ctx.validation, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed,
+                             matching=False)
+    train_loader = loader(train_ds, cfg, tok, train=True, collate=PretrainCollator(tok.pad_id))
+    val_loader = loader(val_ds, cfg, tok, train=False, collate=PretrainCollator(tok.pad_id))
+    return FitPlan(train_loader, lambda m: task.perplexity(m, val_loader))
+
+
+def fit_tienet_generation(task: GenerationTask, ctx: FitContext) -> FitPlan:
+    """TieNet's joint objective needs the observations too: the classification batches."""
+    mcfg, tok = ctx.model_config, ctx.tokenizer
+    train_loader = loader(record_dataset(ctx.train, tok, mcfg), ctx.cfg, tok, train=True)
+    val_loader = loader(record_dataset(ctx.validation, tok, mcfg), ctx.cfg, tok, train=False)
+    return FitPlan(train_loader, lambda m: task.perplexity(m, val_loader))
+
+
+def evaluate_generation(ctx: EvalContext) -> dict[str, dict[str, Any]]:
+    """Free-running generation; BLEU-4, clinical efficacy, perplexity; bootstrap."""
+    from ..labeler import label_reports
+
+    task, model, tok, records, e = ctx.task, ctx.model, ctx.tokenizer, ctx.examples, ctx.cfg.eval
+    mcfg = ctx.cfg.model
+    ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=ctx.seed, matching=False)
+    loader_ = loader(ds, ctx.cfg, tok, train=False, collate=PretrainCollator(tok.pad_id))
+    gen_cfg = GenerationConfig(max_length=e.max_length or mcfg.max_text_len - 1, num_beams=e.num_beams,
+                               length_penalty=e.length_penalty, no_repeat_ngram_size=e.no_repeat_ngram_size)
+    hyps = task.generate_reports(model, loader_, tok, gen_cfg)
+    refs = [r.text for r in records]
+    nll, n_tokens = task.reference_scores(model, loader_)
+    scores = GenerationScores(hyps, refs, label_reports(hyps), label_reports(refs), nll, n_tokens)
+    out = scored(len(records), scores.metrics, ctx.n_bootstrap, ctx.seed)
+    out["examples"] = {"mean": float(len(records)), "std": 0.0, "n": ctx.n_bootstrap, "values": [],
+                       "samples": [{"id": r.id, "generated": h, "reference": r.text} for r, h in
+                                   zip(records[:5], hyps[:5], strict=False)]}
+    return out
+
+
+def _make_task(cfg: RunConfig | None, checkpoint: Path | None) -> GenerationTask:
+    return GenerationTask(cfg.finetune.generation_objective if cfg is not None else "full")
+
+
+def _tienet_task(cfg: RunConfig | None, checkpoint: Path | None) -> GenerationTask:
+    from .tienet import TieNetGenerationTask
+
+    return TieNetGenerationTask()
+
+
+SPEC = register_task(TaskSpec(
+    name="generation",
+    medvill=ModelVariant(MedViLLForPretraining, _make_task, fit_generation),
+    examples=load_split,
+    evaluate=evaluate_generation,
+    baselines={"tienet": ModelVariant(TieNet, _tienet_task, fit_tienet_generation,
+                                      head=lambda task, cfg, train: {"hops": cfg.baseline.tienet_hops,
+                                                                     "loss_weight": cfg.baseline.tienet_loss_weight})},
+))

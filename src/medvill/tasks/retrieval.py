@@ -13,6 +13,9 @@ most once, however many trials share it.  Metrics per direction: ``r2i_hit@5``,
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,14 +23,18 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.collate import encode_reports, pad_stack
+from ..config import RunConfig
+from ..data.collate import PretrainCollator, PretrainDataset, encode_reports, pad_stack
 from ..data.records import Record
 from ..data.transforms import load_image
 from ..labels import positive_set
 from ..metrics import Trial, build_trials, ranking_metrics
 from ..modeling.heads import MedViLLForRetrieval
+from ..pipeline import load_split
 from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
+from .common import loader
+from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
 
 
 class RetrievalTask:
@@ -97,3 +104,54 @@ def make_trials(records: list[Record], n_candidates: int, seed: int, max_queries
     if max_queries is not None and max_queries < len(records):
         queries = sorted(np.random.default_rng(seed + 1).choice(len(records), size=max_queries, replace=False))
     return build_trials(sets, n_candidates=n_candidates, seed=seed, queries=queries)
+
+
+# ============================================================================================
+# the task's contract (tasks/registry.py)
+# ============================================================================================
+
+def fit_retrieval(task: RetrievalTask, ctx: FitContext) -> FitPlan:
+    """Matched and label-aware mismatched pairs, reports unmasked; the validation pairs are
+    fixed; validation scores matching AUROC."""
+    mcfg, tok, cfg = ctx.model_config, ctx.tokenizer, ctx.cfg
+
+    def pairs(records: list[Record], train: bool) -> DataLoader:
+        ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
+        return loader(ds, cfg, tok, train=train, collate=PretrainCollator(tok.pad_id))
+
+    train_loader, val_loader = pairs(ctx.train, True), pairs(ctx.validation, False)
+    return FitPlan(train_loader, lambda m: task.match_auroc(m, val_loader))
+
+
+def evaluate_retrieval(ctx: EvalContext) -> dict[str, dict[str, Any]]:
+    """Trials of ``cfg.eval.n_candidates`` candidates, both directions; bootstrap over trials."""
+    e, model, records = ctx.cfg.eval, ctx.model, ctx.examples
+    assert isinstance(model, MedViLLForRetrieval)  # from_pretrained on the task's class loads only that class
+    trials = make_trials(records, e.n_candidates, e.seed, e.max_queries)
+    scorer = PairScorer(model, records, ctx.tokenizer, model.config.image_size, model.config.max_text_len,
+                        batch_size=max(ctx.cfg.train.batch_size, 8))
+    per_trial = retrieval_trials_metrics(scorer, trials)
+    names = list(per_trial["r2i"][0])
+    table = {f"{d}_{k}": np.array([t[k] for t in per_trial[d]]) for d in ("r2i", "i2r") for k in names}
+
+    def metric_fn(idx: np.ndarray) -> dict[str, float]:
+        return {name: float(values[idx].mean()) for name, values in table.items()}
+
+    out = scored(len(trials), metric_fn, ctx.n_bootstrap, ctx.seed)
+    out["trials"] = {"mean": float(len(trials)), "std": 0.0, "n": ctx.n_bootstrap, "values": [],
+                     "full": float(len(trials)), "cnn_passes": scorer.cnn_passes, "pair_scores": len(scorer.cache)}
+    return out
+
+
+def _make_task(cfg: RunConfig | None, checkpoint: Path | None) -> RetrievalTask:
+    return RetrievalTask()
+
+
+SPEC = register_task(TaskSpec(
+    name="retrieval",
+    medvill=ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval),
+    examples=load_split,
+    evaluate=evaluate_retrieval,
+    baselines={"cnn-transformer": ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval,
+                                               head=lambda task, cfg, train: {"trunk": "cnn_transformer"})},
+))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +20,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint_files import ANSWERS_FILE, read_json_file
-from ..config import ConfigError
+from ..config import ConfigError, RunConfig
+from ..data.task_data import ImageTextDataset
 from ..data.vqa_rad import VQAItem, build_answer_vocab
 from ..metrics import vqa_accuracy
+from ..modeling.heads import MedViLLForVQA
+from ..pipeline import load_vqa_split
+from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
+from .common import loader
+from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
 
 
 def read_answers(path: Path) -> list[str]:
@@ -74,3 +81,62 @@ class VQATask:
     def metrics(self, preds: np.ndarray, targets: np.ndarray, items: list[VQAItem]) -> dict[str, float]:
         predicted = [self.answers[p] for p in preds]
         return vqa_accuracy(predicted, [it.answer for it in items], [it.answer_type for it in items])
+
+
+# ============================================================================================
+# the task's contract (tasks/registry.py)
+# ============================================================================================
+
+def question_dataset(task: VQATask, items: list[VQAItem], tokenizer: MedTokenizer, image_size: int,
+                     max_text_len: int) -> ImageTextDataset:
+    """Image, question and answer class of each item."""
+    return ImageTextDataset([it.image for it in items], [it.question for it in items], task.targets(items),
+                            tokenizer, image_size, max_text_len)
+
+
+def fit_vqa(task: VQATask, ctx: FitContext) -> FitPlan:
+    """Questions as the text; validation accuracy; the answers are saved with the model."""
+    mcfg, tok = ctx.model_config, ctx.tokenizer
+    train_loader = loader(question_dataset(task, ctx.train, tok, mcfg.image_size, mcfg.max_text_len), ctx.cfg, tok,
+                          train=True)
+    val_loader = loader(question_dataset(task, ctx.validation, tok, mcfg.image_size, mcfg.max_text_len), ctx.cfg,
+                        tok, train=False)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return task.metrics(*task.predict(m, val_loader), ctx.validation)
+
+    return FitPlan(train_loader, evaluate, task.save_files)
+
+
+def evaluate_vqa(ctx: EvalContext) -> dict[str, dict[str, Any]]:
+    task, items, mcfg = ctx.task, ctx.examples, ctx.cfg.model
+    preds, targets = task.predict(ctx.model, loader(question_dataset(task, items, ctx.tokenizer, mcfg.image_size,
+                                                                     mcfg.max_text_len), ctx.cfg, ctx.tokenizer,
+                                                    train=False))
+
+    def metric_fn(idx: np.ndarray) -> dict[str, float]:
+        m = task.metrics(preds[idx], targets[idx], [items[i] for i in idx])
+        return {k: v for k, v in m.items() if "/" not in k}
+
+    return scored(len(items), metric_fn, ctx.n_bootstrap, ctx.seed)
+
+
+def _make_task(cfg: RunConfig | None, checkpoint: Path | None) -> VQATask:
+    return VQATask.from_checkpoint(checkpoint) if checkpoint is not None else VQATask()
+
+
+def _head(task: VQATask, cfg: RunConfig, train: list) -> dict[str, Any]:
+    """One class per distinct training answer."""
+    task.fit_vocab(train)
+    return {"num_answers": len(task.answers)}
+
+
+SPEC = register_task(TaskSpec(
+    name="vqa",
+    medvill=ModelVariant(MedViLLForVQA, _make_task, fit_vqa, head=_head),
+    examples=load_vqa_split,
+    evaluate=evaluate_vqa,
+    baselines={"cnn-transformer": ModelVariant(MedViLLForVQA, _make_task, fit_vqa,
+                                               head=lambda task, cfg, train: {**_head(task, cfg, train),
+                                                                              "trunk": "cnn_transformer"})},
+))
