@@ -389,8 +389,10 @@ class RunConfig:
         self.baseline.validate()
         self.pretrain.validate()
         self.finetune.validate()
-        choices = {"data.policy": (self.data.policy, ("skip", "error")),
-                   "data.section": (self.data.section, ("longer", "findings", "impression", "both")),
+        from .data.choices import POLICIES, SECTIONS  # imports nothing: no loader is loaded here
+
+        choices = {"data.policy": (self.data.policy, POLICIES),
+                   "data.section": (self.data.section, SECTIONS),
                    "data.vqa_organ": (self.data.vqa_organ, ("ALL", "CHEST")),
                    "data.vqa_validate_by": (self.data.vqa_validate_by, ("image", "question"))}
         for key, (value, allowed) in choices.items():

@@ -57,6 +57,7 @@ from PIL import Image, PngImagePlugin
 
 from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS, labels_to_vector
 from ..workers import init_worker
+from .choices import POLICIES
 from .records import Record, SkipReport
 from .transforms import PREPARED_KEY, Preprocess, to_uint8, warn_once
 
@@ -69,7 +70,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.jsonl"
 INFO = "prepare.json"
 IMAGES = "images"
-POLICIES = ("skip", "error")
 _TMP_MARK = ".tmp-"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}

@@ -17,6 +17,8 @@ from PIL import Image
 
 from ...fileio import umask_mode
 from ...labels import CHEXPERT_OBSERVATIONS
+from ..choices import SPLITS
+from ..common import check_fractions
 from .anatomy import sample_anatomy
 from .cases import Anatomy, Finding, SyntheticCase, SyntheticSummary
 from .findings import sample_findings
@@ -27,7 +29,6 @@ from .reports import aggregate_labels, write_report
 
 GENERATOR = "medvill-synthetic"
 VERSION = 1
-SPLITS = ("train", "validate", "test")
 
 
 # Random streams: each part of a case has its own generator seeded by (seed, index, stream),
@@ -51,20 +52,12 @@ def case_split(index: int, seed: int, split_fractions: Sequence[float] = (0.8, 0
     any run of consecutive indices is spread over the splits very evenly (e.g. 40 cases at
     0.8/0.1/0.1 give 4 +- 1 validation and test cases).
     """
-    fr = _check_fractions(split_fractions)
+    fr = check_fractions(split_fractions)
     start = float(np.random.default_rng([int(seed), 0x5B11]).random())
     u = (start + index * 0.6180339887498949) % 1.0
     if u < fr[0]:
         return "train"
     return "validate" if u < fr[0] + fr[1] else "test"
-
-
-def _check_fractions(split_fractions: Sequence[float]) -> tuple[float, float, float]:
-    fr = tuple(float(x) for x in split_fractions)
-    if len(fr) != 3 or any(not math.isfinite(x) or x < 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ValueError(f"split_fractions must be three non-negative numbers summing to 1 "
-                         f"(train, validate, test); got {tuple(split_fractions)!r}")
-    return fr
 
 
 def cardiothoracic_ratio(anatomy: Anatomy, drawn: Sequence[Finding] = ()) -> float:
@@ -143,7 +136,7 @@ def generate_synthetic(output: str | Path, n: int = 1000, image_size: int = 128,
         raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
     if int(questions_per_image) != questions_per_image or questions_per_image < 0:
         raise ValueError(f"questions_per_image must be a non-negative integer, got {questions_per_image!r}")
-    fractions = _check_fractions(split_fractions)
+    fractions = check_fractions(split_fractions)
     n, image_size, questions_per_image = int(n), int(image_size), int(questions_per_image)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} already exists and is not an empty folder; choose a new output folder")
