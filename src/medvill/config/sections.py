@@ -1,46 +1,19 @@
-"""Typed run configuration: dataclasses, presets and a strict YAML / ``--set`` loader.
+"""The typed configuration: one dataclass a section, and :class:`RunConfig`, a whole run.
 
-Every run is described by one :class:`RunConfig`.  It is built from a preset
-(``tiny`` for tests, ``small`` for the demo, ``base`` for the paper), then a YAML
-file, then ``--set section.key=value`` overrides, in that order.  Unknown keys and
-values of the wrong type are errors that name the offending key, so a typo never
-silently falls back to a default.  The resolved configuration is saved beside
-every checkpoint (``run_config.yaml``).
+Each section checks its own values (``validate``); :meth:`RunConfig.validate` checks every
+section and the rules that join two of them.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .fileio import not_utf8
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type."""
-
-
-class MaskScheme(str, enum.Enum):
-    """The five self-attention mask schemes of MedViLL (paper section III-C)."""
-
-    BI = "bi"
-    S2S = "s2s"
-    BAR = "bar"
-    BI_S2S = "bi_s2s"
-    NON_CROSSING = "non_crossing"
-
-
-BACKBONES = ("resnet50", "resnet101", "densenet121", "small_cnn")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex")
+from .checks import ATTN_IMPLEMENTATIONS, BACKBONES, ConfigError, MaskScheme, check_ranges
 
 
 @dataclass
@@ -311,55 +284,6 @@ class BaselineConfig:
         if self.tienet_hops < 1:
             raise ConfigError(f"baseline.tienet_hops must be >= 1, got {self.tienet_hops}")
 
-
-#: the range of every numeric key: (low, high, low inclusive, high inclusive); None = unbounded.
-#: Checked by :meth:`RunConfig.validate`, so a wrong value stops a run before any work, by name.
-_GE0, _GE1, _GT0 = (0, None, True, True), (1, None, True, True), (0, None, False, True)
-_PROB, _DROPOUT = (0, 1, True, True), (0, 1, True, False)
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "model.vocab_size": _GE1, "model.hidden_size": _GE1, "model.num_hidden_layers": _GE1,
-    "model.num_attention_heads": _GE1, "model.intermediate_size": _GE1, "model.hidden_dropout_prob": _DROPOUT,
-    "model.attention_probs_dropout_prob": _DROPOUT, "model.max_position_embeddings": _GE1,
-    "model.type_vocab_size": _GE1, "model.layer_norm_eps": _GT0, "model.initializer_range": _GT0,
-    "model.image_size": _GE1, "model.small_cnn_channels": (2, None, True, True),
-    "model.max_text_len": (2, None, True, True),
-    "tokenizer.vocab_size": _GE1, "tokenizer.min_frequency": _GE1,
-    "data.synthetic_n": _GE1, "data.synthetic_seed": _GE0, "data.num_workers": _GE0,
-    "pretrain.s2s_prob": _PROB, "pretrain.mlm_prob": (0, 1, False, True), "pretrain.mlm_mask_frac": _PROB,
-    "pretrain.mlm_random_frac": _PROB, "pretrain.irm_weight": _GE0, "pretrain.visual_tokens_sampled": _GE1,
-    "pretrain.itc_weight": _GE0, "pretrain.itc_dim": _GE1, "pretrain.itc_temperature": _GT0,
-    "train.batch_size": _GE1, "train.max_steps": _GE0, "train.lr": _GT0, "train.backbone_lr": _GE0,
-    "train.weight_decay": _GE0, "train.warmup_steps": _GE0, "train.grad_clip": _GE0, "train.grad_accum": _GE1,
-    "train.seed": _GE0, "train.log_every": _GE1, "train.save_every": _GE0, "train.eval_every": _GE0,
-    "train.early_stopping_patience": _GE0, "train.length_grouping": _GE0, "train.checkpoint_every": _GE0,
-    "train.keep_checkpoints": _GE0,
-    "finetune.backbone_lr": _GE0, "finetune.image_only_prob": _PROB,
-    "eval.n_candidates": (2, None, True, True), "eval.max_queries": _GE1, "eval.seed": _GE0, "eval.num_beams": _GE1,
-    "eval.max_length": _GE1, "eval.length_penalty": (None, None, True, True), "eval.no_repeat_ngram_size": _GE0,
-    "baseline.tienet_loss_weight": _PROB, "baseline.tienet_hops": _GE1,
-}
-
-
-def check_ranges(obj: Any, section: str) -> None:
-    """Every numeric key of ``section`` in :data:`RANGES` finite and within its range (``None``
-    passes where the key allows it), else a :class:`ConfigError` naming the key, the value and
-    the range."""
-    for key, (low, high, low_in, high_in) in RANGES.items():
-        if not key.startswith(section + "."):
-            continue
-        value = getattr(obj, key.split(".", 1)[1])
-        if value is None or isinstance(value, bool):
-            continue
-        bad = not math.isfinite(value)
-        bad = bad or (low is not None and (value < low if low_in else value <= low))
-        bad = bad or (high is not None and (value > high if high_in else value >= high))
-        if bad:
-            lo = "" if low is None else f"{'>=' if low_in else '>'} {low:g}"
-            hi = "" if high is None else f"{'<=' if high_in else '<'} {high:g}"
-            want = " and ".join(x for x in (lo, hi) if x) or "finite"
-            raise ConfigError(f"{key} must be {want}, got {value!r}")
-
-
 @dataclass
 class RunConfig:
     """A whole run.  ``init_text``: BERT checkpoint to initialise the transformer from
@@ -389,7 +313,7 @@ class RunConfig:
         self.baseline.validate()
         self.pretrain.validate()
         self.finetune.validate()
-        from .data.choices import POLICIES, SECTIONS  # imports nothing: no loader is loaded here
+        from ..data.choices import POLICIES, SECTIONS  # imports nothing: no loader is loaded here
 
         choices = {"data.policy": (self.data.policy, POLICIES),
                    "data.section": (self.data.section, SECTIONS),
@@ -414,223 +338,6 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# --------------------------------------------------------------------------- presets
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Unit tests: seconds on a CPU.
-    "tiny": {
-        "model": {
-            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-            "max_position_embeddings": 128, "backbone": "small_cnn", "backbone_pretrained": False,
-            "image_size": 64, "small_cnn_channels": 16, "max_text_len": 64,
-        },
-        "tokenizer": {"vocab_size": 600, "min_frequency": 1},
-        "data": {"synthetic_n": 120},
-        "pretrain": {"visual_tokens_sampled": 12},
-        "train": {"batch_size": 8, "max_steps": 20, "lr": 2e-3, "warmup_steps": 2, "log_every": 5},
-    },
-    # The demo: minutes on 2 CPU cores, from random weights.  Each choice was measured on the
-    # synthetic data (2-core CPU; the issue "models that learn" and README have the tables):
-    # * 64 px (16 visual tokens; 12 sampled in pre-training): the small CNN learns the findings as
-    #   well as at 128 px (linear CNN + head: validation AUROC 0.92 vs 0.90 in 300 steps) at a 7x
-    #   cheaper CNN step; the whole pre-training step about 2.3x cheaper.
-    # * no dropout: a 1M-parameter model trained for minutes does not overfit 3,200 pairs, and
-    #   dropout cost 7-10 % of a step.
-    # * feed-forward width 256 (2x hidden, not BERT's 4x): the pre-training step 1.5x cheaper with
-    #   the same validation curve after 800 steps (matching AUROC 0.942 vs 0.934, MLM accuracy
-    #   0.379 vs 0.388, contrastive top-1 0.71 vs 0.60).
-    # * initializer_range 0.05 (BERT's 0.02 is for 768 wide): matching AUROC 0.72 vs 0.53 after 200
-    #   pre-training steps; lr 1e-3 (CNN 2e-3) with a short warm-up.
-    # * 4,000 pairs: with 1,500 the matching head memorised the training pairs (train accuracy 0.99,
-    #   validation AUROC 0.48) and validation MLM accuracy stayed at 0.26 (0.52 with 4,000).
-    # * pre-training adds the image-report contrastive loss (beyond the paper; ALBEF's ITC with
-    #   label-aware targets): without it the paper's matching loss stays at chance for the whole
-    #   demo budget (validation AUROC 0.53 after 500 steps; 0.92 with it).  Its negatives stay the
-    #   paper's random label-aware ones: hard negatives reached 0.82 after 1,000 steps, random 0.95.
-    # * classification trains half of its examples with an empty report, so the same model
-    #   classifies the image alone (Pipeline.classify(image)).
-    # * fine-tuning moves the pre-trained CNN at 5e-4, a quarter of its pre-training rate
-    #   (FinetuneConfig.backbone_lr): VQA validation accuracy 0.763 -> 0.800, image-only AUROC
-    #   0.922 -> 0.937.
-    # * contrastive temperature 0.05 (0.1 before, 0.03 tried): after 1,000 pre-training steps a
-    #   linear probe of the pooled CNN features scores validation AUROC 0.952 (0.945 at 0.1 and
-    #   0.03); fine-tuned from it, classification AUROC 0.965 -> 0.975 (F1 0.756 -> 0.815), VQA
-    #   0.800 -> 0.813, report CE F1 0.356 -> 0.394 (validation split).
-    "small": {
-        "model": {
-            "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 256,
-            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.05,
-            "max_position_embeddings": 256, "backbone": "small_cnn", "backbone_pretrained": False,
-            "image_size": 64, "small_cnn_channels": 48, "max_text_len": 96,
-        },
-        "tokenizer": {"vocab_size": 2000, "min_frequency": 2},
-        "data": {"synthetic_n": 4000},
-        "pretrain": {"visual_tokens_sampled": 12, "itc_weight": 1.0, "itc_temperature": 0.05},
-        "finetune": {"image_only_prob": 0.5, "backbone_lr": 5e-4},
-        "train": {"batch_size": 32, "max_steps": 1000, "lr": 1e-3, "backbone_lr": 2e-3, "warmup_steps": 30,
-                  "log_every": 10},
-    },
-    # The paper: ResNet-50 at 512 px, BERT-base, k = 180 of 256, 253 text tokens.
-    "base": {
-        "init_text": "bert-base-uncased",
-        "model": {},
-        "train": {"batch_size": 128, "lr": 1e-5, "max_steps": 35000, "warmup_steps": 1000},
-    },
-}
-
-
-def preset_config(name: str) -> RunConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    cfg = RunConfig()
-    merge_into(cfg, PRESETS[name], "")
-    cfg.preset = name
-    return cfg
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A YAML mapping names the same key twice (YAML forbids it; PyYAML keeps the last)."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise DuplicateKeyError(f"duplicate key {key!r} on lines {seen[key]} and {line}")
-            if isinstance(key, typing.Hashable):
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses a duplicate key, naming it and both lines."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def load_config(
-    preset: str = "base",
-    yaml_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Preset, then YAML file, then ``extra`` (CLI flags), then ``--set`` overrides; validated."""
-    cfg = preset_config(preset)
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        try:
-            data = load_yaml(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(not_utf8(path, exc)) from None
-        except DuplicateKeyError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        if "preset" in data and data["preset"] != preset:
-            cfg = preset_config(str(data["preset"]))
-        try:
-            merge_into(cfg, data, "")
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    if extra:
-        merge_into(cfg, extra, "")
-    for item in overrides or []:
-        apply_override(cfg, item)
-    return cfg.validate()
-
-
-def apply_override(cfg: Any, item: str) -> None:
-    """Apply one ``section.key=value`` override; the value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    value: Any = yaml.safe_load(raw) if raw.strip() != "" else None
-    nested: Any = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    merge_into(cfg, nested, "")
-
-
-def merge_into(obj: Any, data: dict[str, Any], prefix: str) -> None:
-    """Strictly merge a mapping into a dataclass instance (in place)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in fields:
-            close = [n for n in fields if n.startswith(str(key)[:3])]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {', '.join(fields)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            merge_into(current, value, f"{full}.")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], full))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in tp)
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, bool):  # YAML 1.1 reads no / off / yes / on as booleans: train.mixed_precision=no
-            return "yes" if value else "no"
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")
-
-
 def _to_plain(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return obj.value
@@ -638,11 +345,4 @@ def _to_plain(obj: Any) -> Any:
         return {k: _to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_to_plain(v) for v in obj]
-    return obj
-
-
-def dataclass_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build a dataclass from a mapping with the same strict checks (used by checkpoints)."""
-    obj = cls()
-    merge_into(obj, copy.deepcopy(data), prefix)
     return obj
