@@ -39,6 +39,24 @@ def kinds(path):
     return [path, str(path), Image.open(path), np.asarray(Image.open(path))]
 
 
+# ------------------------------------------------------------------ the package
+
+def test_the_package_exports_its_public_names():
+    """medvill.inference is a package (checkpoints, inputs, outputs, pipeline); every public
+    name is importable from it, and medvill.Pipeline is its Pipeline."""
+    import medvill
+    import medvill.inference as inference
+
+    assert medvill.Pipeline is inference.Pipeline
+    assert sorted(inference.__all__) == sorted(set(inference.__all__))
+    for name in inference.__all__:
+        assert getattr(inference, name) is not None, name
+    # the names the rest of medvill imports from it
+    assert {"AttentionMaps", "EXPLAIN_ORDER", "MissingTaskError", "ModelInput", "Pipeline", "RetrievalHit", "TASKS",
+            "find_checkpoints", "image_from_tensor"} <= set(inference.__all__)
+    assert inference.Pipeline.__module__ == "medvill.inference.pipeline"
+
+
 # ------------------------------------------------------------------ checkpoints
 
 def test_from_pretrained_picks_bar_by_default_and_model_by_name(tiny_demo_dir, pipe):
