@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from medvill.data.collate import encode_reports
     from medvill.metrics import ranking_metrics
     from medvill.modeling.heads import MedViLLForRetrieval
-    from medvill.pipeline import model_config_for
+    from medvill.recipes.common import model_config_for
     from medvill.tasks.retrieval import PairScorer, make_trials
     from medvill.tokenization import MedTokenizer
 

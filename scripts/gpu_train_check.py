@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from medvill.config import MaskScheme, ModelConfig, PretrainConfig, TrainConfig, load_config
 from medvill.data.collate import PretrainCollator
 from medvill.modeling.heads import MedViLLForPretraining
-from medvill.pipeline import run_pretraining
+from medvill.recipes.pretrain import run_pretraining
 from medvill.tasks.pretrain import PretrainTask
 from medvill.train.loop import fit
 

@@ -29,10 +29,10 @@ from torch import nn
 
 from medvill.config import preset_config
 from medvill.data.registry import synthetic_root
+from medvill.data.splits import load_split
 from medvill.data.transforms import load_image
 from medvill.labels import CHEXPERT_OBSERVATIONS
 from medvill.modeling.visual import SmallCNN
-from medvill.pipeline import load_split
 
 
 def split_tensors(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:

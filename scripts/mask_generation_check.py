@@ -19,10 +19,11 @@ from rich.console import Console
 
 from medvill.config import load_config
 from medvill.data.registry import synthetic_root
-from medvill.demo import PLANS, _mask_name, _with
-from medvill.evaluate import compare_runs
-from medvill.finetune import run_evaluation, run_finetuning
-from medvill.pipeline import run_pretraining
+from medvill.recipes.compare import compare_runs
+from medvill.recipes.demo import PLANS, _mask_name, _with
+from medvill.recipes.evaluate import run_evaluation
+from medvill.recipes.finetune import run_finetuning
+from medvill.recipes.pretrain import run_pretraining
 
 
 def main() -> None:

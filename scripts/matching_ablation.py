@@ -26,10 +26,11 @@ from rich.console import Console
 
 from medvill.config import apply_override, load_config
 from medvill.data.registry import synthetic_root
-from medvill.demo import PLANS
-from medvill.evaluate import compare_runs
-from medvill.finetune import run_evaluation, run_finetuning
-from medvill.pipeline import run_pretraining
+from medvill.recipes.compare import compare_runs
+from medvill.recipes.demo import PLANS
+from medvill.recipes.evaluate import run_evaluation
+from medvill.recipes.finetune import run_finetuning
+from medvill.recipes.pretrain import run_pretraining
 
 VARIANTS = {
     "paper": ["pretrain.itc_weight=0", "pretrain.irm_negatives=random"],

@@ -84,8 +84,8 @@ def tiny_demo_dir(synthetic_root, tmp_path_factory) -> Path:
     from rich.console import Console
 
     from medvill.config import load_config
-    from medvill.finetune import run_finetuning
-    from medvill.pipeline import run_pretraining
+    from medvill.recipes.finetune import run_finetuning
+    from medvill.recipes.pretrain import run_pretraining
 
     out = tmp_path_factory.mktemp("demo") / "demo-output"
     quiet = Console(quiet=True)

@@ -15,13 +15,15 @@ from typer.testing import CliRunner
 from medvill.cli import app
 from medvill.config import ConfigError, load_config, preset_config
 from medvill.data.collate import PretrainCollator, PretrainDataset
+from medvill.data.splits import load_split
 from medvill.data.task_data import ImageTextCollator, ImageTextDataset
-from medvill.finetune import run_evaluation, run_finetuning
 from medvill.generation import GenerationConfig, _beam, generate, generate_naive
 from medvill.modeling import PreTrainedModel
 from medvill.modeling.baselines import BASELINE_TASKS, CNNTransformerModel, TieNet
 from medvill.modeling.heads import MedViLLForClassification, MedViLLForRetrieval, MedViLLForVQA
-from medvill.pipeline import build_tokenizer, load_split, model_config_for
+from medvill.recipes.common import build_tokenizer, model_config_for
+from medvill.recipes.evaluate import run_evaluation
+from medvill.recipes.finetune import run_finetuning
 from medvill.tasks.classification import binary_targets
 from medvill.tasks.retrieval import RetrievalTask
 from medvill.tasks.tienet import TieNetGenerationTask

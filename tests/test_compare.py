@@ -9,7 +9,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from medvill.cli import app
-from medvill.evaluate import compare_runs
+from medvill.recipes.compare import compare_runs
 
 
 def write_run(folder, metrics):

@@ -12,9 +12,11 @@ from torch.utils.data import DataLoader
 
 from medvill.config import ConfigError, MaskScheme, load_config
 from medvill.data.collate import PretrainCollator, PretrainDataset
+from medvill.data.splits import load_split
 from medvill.modeling import MedViLLForPretraining, PreTrainedModel
 from medvill.modeling.contrastive import label_aware_itc_loss, same_group, sample_hard_negatives
-from medvill.pipeline import build_tokenizer, load_split, model_config_for, run_pretraining
+from medvill.recipes.common import build_tokenizer, model_config_for
+from medvill.recipes.pretrain import run_pretraining
 from medvill.tasks.pretrain import PretrainTask
 from medvill.train.loop import fit
 

@@ -24,7 +24,7 @@ from medvill.data.collate import MLMSpec, PretrainCollator, PretrainDataset
 from medvill.data.task_data import ImageTextCollator, ImageTextDataset
 from medvill.modeling.heads import MedViLLForClassification, MedViLLForPretraining
 from medvill.modeling.pretrained import unique_state_dict
-from medvill.pipeline import model_config_for
+from medvill.recipes.common import model_config_for
 from medvill.tasks.classification import ClassificationTask, binary_targets
 from medvill.tasks.generation import GenerationTask
 from medvill.tasks.pretrain import PretrainTask

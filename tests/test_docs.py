@@ -184,7 +184,7 @@ def test_documented_command_parses_and_its_config_loads(where, argv):
         pytest.fail(f"{where}: medvill {' '.join(argv)}\n  rejected by the CLI: {exc.format_message()}")
     params = ctx.params
     if path[0] in TASK_COMMANDS:
-        from medvill.finetune import TASKS
+        from medvill.recipes.finetune import TASKS
 
         assert params["task"] in TASKS, f"{where}: unknown task {params['task']!r}; tasks: {TASKS}"
     if "preset" in params:
@@ -254,8 +254,8 @@ def test_the_docs_parser_finds_commands_options_and_failures(tmp_path, monkeypat
 def test_api_reference_covers_the_core_modules():
     directives = {m for p in (DOCS / "reference").glob("*.md")
                   for m in re.findall(r"^:::\s*(\S+)", p.read_text(), re.MULTILINE)}
-    for module in ("config", "modeling", "data", "metrics", "generation", "tasks", "train", "finetune", "evaluate",
-                   "inference", "figures"):
+    for module in ("config", "modeling", "data", "metrics", "generation", "tasks", "train", "recipes.pretrain",
+                   "recipes.finetune", "recipes.evaluate", "recipes.compare", "inference", "figures"):
         assert f"medvill.{module}" in directives, f"no API reference page renders medvill.{module}"
     assert "medvill" in directives  # the catch-all page: modules without a page of their own
 

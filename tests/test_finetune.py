@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from medvill.cli import app
 from medvill.config import ConfigError, load_config
-from medvill.finetune import run_evaluation, run_finetuning
 from medvill.modeling.heads import MedViLLForClassification, MedViLLForPretraining
-from medvill.pipeline import run_pretraining
+from medvill.recipes.evaluate import run_evaluation
+from medvill.recipes.finetune import run_finetuning
+from medvill.recipes.pretrain import run_pretraining
 
 
 def cfg_for(root, steps, *extra):

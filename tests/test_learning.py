@@ -22,14 +22,16 @@ from medvill.data.collate import (
     blank_reports,
     mask_tokens,
 )
-from medvill.finetune import run_evaluation, run_finetuning
+from medvill.data.splits import load_split
 from medvill.generation import GenerationConfig, generate, reference_nll
 from medvill.inference import Pipeline
 from medvill.metrics.classification import classification_metrics, select_micro_threshold, select_thresholds
 from medvill.metrics.generation import clinical_efficacy
 from medvill.modeling.heads import MedViLLForPretraining
 from medvill.modeling.masks import pseudo_mask_attention
-from medvill.pipeline import build_tokenizer, load_split, model_config_for
+from medvill.recipes.common import build_tokenizer, model_config_for
+from medvill.recipes.evaluate import run_evaluation
+from medvill.recipes.finetune import run_finetuning
 from medvill.tasks.classification import read_thresholds
 from medvill.tasks.generation import GenerationTask
 from medvill.train.loop import fit
@@ -275,7 +277,7 @@ def test_vqa_reads_the_question(synthetic_root, tmp_path):
     out = tmp_path / "vqa"
     run_finetuning("vqa", cfg, "scratch", out)
     pipe = Pipeline.from_pretrained(out, device="cpu")
-    from medvill.pipeline import load_vqa_split
+    from medvill.data.splits import load_vqa_split
 
     items = load_vqa_split(cfg, "train")
     images = sorted({str(it.image) for it in items})[:10]

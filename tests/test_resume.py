@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from medvill.config import ConfigError, load_config
-from medvill.pipeline import run_pretraining
+from medvill.recipes.pretrain import run_pretraining
 from medvill.train.checkpoint import MANIFEST, find_resume_checkpoint, list_checkpoints, verify_checkpoint
 
 
@@ -159,7 +159,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(synthetic_root, tmp_pa
 
 
 def test_finetuning_resumes_with_its_model_selection(synthetic_root, tmp_path):
-    from medvill.finetune import run_finetuning
+    from medvill.recipes.finetune import run_finetuning
 
     sets = ["train.max_steps=8", "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=2"]
     full = run_finetuning("classification", tiny(synthetic_root, *sets), "scratch", tmp_path / "full")

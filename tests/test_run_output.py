@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from medvill import finetune as finetune_mod
 from medvill import pipeline as pipeline_mod
 from medvill.cli import app
-from medvill.run_output import OutputExistsError, claim_output, describe_run
+from medvill.recipes.output import OutputExistsError, claim_output, describe_run
 
 
 def _fake_finetuned(folder):
@@ -114,7 +114,7 @@ def test_files_the_project_writes_follow_the_umask(tmp_path, synthetic_root):
 
     from medvill.config import load_config
     from medvill.data.synthetic import generate_synthetic
-    from medvill.pipeline import run_pretraining
+    from medvill.recipes.pretrain import run_pretraining
 
     old = os.umask(0o022)
     try:

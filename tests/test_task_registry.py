@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 from medvill.cli import app
 from medvill.config import ConfigError, RunConfig, load_config
 from medvill.data.records import Record
+from medvill.data.splits import load_split
 from medvill.data.task_data import ImageTextDataset
-from medvill.finetune import run_evaluation, run_finetuning
 from medvill.labels import CHEXPERT_OBSERVATIONS
 from medvill.modeling.heads import MedViLLForVQA
-from medvill.pipeline import load_split
+from medvill.recipes.evaluate import run_evaluation
+from medvill.recipes.finetune import run_finetuning
 from medvill.tasks.base import StepOutput, run_over
 from medvill.tasks.common import loader
 from medvill.tasks.registry import (

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from medvill.config import ConfigError, load_config
 from medvill.data.task_data import ImageTextCollator, ImageTextDataset
 from medvill.modeling.heads import MedViLLForClassification
-from medvill.pipeline import model_config_for
+from medvill.recipes.common import model_config_for
 from medvill.tasks.classification import ClassificationTask, binary_targets
 from medvill.tokenization import MedTokenizer
 from medvill.train.loop import fit

@@ -65,7 +65,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 def _claim_output(output: Path, **kwargs: bool) -> None:
     """Refuse (before any work) an --output that is a file or holds another run."""
-    from .run_output import OutputExistsError, claim_output
+    from .recipes.output import OutputExistsError, claim_output
 
     try:
         claim_output(output, **kwargs)
@@ -106,7 +106,7 @@ def pretrain(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Pre-train MedViLL with MLM + image-report matching."""
-    from .pipeline import run_pretraining
+    from .recipes.pretrain import run_pretraining
 
     _setup_logging()
     extra = _cli_overrides(dataset, root, max_steps, pretrain={"mask": mask.value} if mask else {},
@@ -138,7 +138,7 @@ def finetune(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fine-tune a downstream task (MedViLL or a baseline); the model is selected on the validation split."""
-    from .finetune import run_finetuning
+    from .recipes.finetune import run_finetuning
 
     _setup_logging()
     extra = _cli_overrides(dataset, root, max_steps, train={"resume": resume} if resume else {})
@@ -167,7 +167,7 @@ def evaluate(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Score a checkpoint with the paper's protocol: mean (std) over bootstrap resamples."""
-    from .finetune import run_evaluation
+    from .recipes.evaluate import run_evaluation
 
     _setup_logging()
     extra = _cli_overrides(dataset, root)
@@ -194,7 +194,7 @@ def compare(
     reference: Annotated[str | None, typer.Option("--reference", help="row to test the others against")] = None,
 ) -> None:
     """Paper-style table: mean (std) per model and metric, t-test p-values against a reference."""
-    from .evaluate import compare_runs
+    from .recipes.compare import compare_runs
 
     try:
         table = compare_runs(runs, reference)
@@ -272,7 +272,7 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline on synthetic data: pre-train (BAR), fine-tune the 4 tasks from it and from scratch, tables."""
-    from .demo import WorkerDiedError, run_demo
+    from .recipes.demo import WorkerDiedError, run_demo
 
     _setup_logging()
     try:

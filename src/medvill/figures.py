@@ -342,7 +342,7 @@ def checkpoint_records(checkpoint: str | Path, split: str = "test", dataset: str
     ``run_config.yaml``), or of ``dataset`` / ``root`` when given."""
     from .checkpoint_files import RUN_CONFIG, read_run_config
     from .config import load_config
-    from .pipeline import load_split
+    from .data.splits import load_split
 
     cfg_path = Path(checkpoint) / RUN_CONFIG
     run = read_run_config(checkpoint)

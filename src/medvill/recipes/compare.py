@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import ttest
+from ..metrics import ttest
 
 SIGNIFICANCE = 0.05
 

@@ -28,14 +28,16 @@ from typing import Any
 
 from rich.console import Console
 
-from .config import RunConfig, apply_override
-from .data.registry import synthetic_root
-from .evaluate import compare_runs
-from .figures import demo_figures
-from .finetune import TASKS, run_evaluation, run_finetuning
-from .modeling.baselines import BASELINE_TASKS
-from .pipeline import load_split, load_vqa_split, run_pretraining
-from .workers import init_worker
+from ..config import RunConfig, apply_override
+from ..data.registry import synthetic_root
+from ..data.splits import load_split, load_vqa_split
+from ..figures import demo_figures
+from ..modeling.baselines import BASELINE_TASKS
+from ..workers import init_worker
+from .compare import compare_runs
+from .evaluate import run_evaluation
+from .finetune import TASKS, run_finetuning
+from .pretrain import run_pretraining
 
 ALL_MASKS = ("bar", "s2s", "bi", "bi_s2s", "non_crossing")
 
@@ -314,7 +316,7 @@ def _finetune_job(task: str, cfg: RunConfig, init: str, ft_dir: Path, ev_dir: Pa
 def sample_outputs(output: Path, model: str, cfg: RunConfig, n_reports: int = 3) -> dict[str, Any]:
     """What a user sees: generated reports beside their references (from the generation
     evaluation), and one test image asked different questions by the VQA model."""
-    from .inference import Pipeline
+    from ..inference import Pipeline
 
     out: dict[str, Any] = {"reports": [], "vqa": None}
     gen = output / "eval" / f"generation-{model.replace('&', '-')}" / "metrics.json"

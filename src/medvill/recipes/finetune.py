@@ -24,22 +24,21 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 
-from .checkpoint_files import FINETUNE_INFO, INPUT_INFO, RUN_CONFIG, finetune_info_text, read_checkpoint_config
-from .config import ConfigError, RunConfig
-from .data.prepare import training_input_settings
-from .modeling.baselines import BASELINE_TASKS, TieNet
-from .modeling.bert_init import load_bert_weights, resolve_bert_dir
-from .modeling.heads import init_from_pretraining
-from .modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_weights
-from .pipeline import build_tokenizer, model_config_for
-from .tasks.registry import BUILTIN_TASKS, EvalContext, FitContext, task_spec
-from .tokenization import MedTokenizer
-from .train.loop import TrainResult, fit
+from ..checkpoint_files import FINETUNE_INFO, INPUT_INFO, RUN_CONFIG, finetune_info_text
+from ..config import ConfigError, RunConfig
+from ..data.prepare import training_input_settings
+from ..modeling.baselines import BASELINE_TASKS
+from ..modeling.bert_init import load_bert_weights, resolve_bert_dir
+from ..modeling.heads import init_from_pretraining
+from ..modeling.pretrained import PreTrainedModel, checkpoint_model_config, read_weights
+from ..tasks.registry import BUILTIN_TASKS, FitContext, task_spec
+from ..tokenization import MedTokenizer
+from ..train.loop import TrainResult, fit
+from .common import build_tokenizer, model_config_for
 
 #: the paper's four tasks (others may be registered: medvill.tasks.registry.task_names)
 TASKS = BUILTIN_TASKS
@@ -104,27 +103,3 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
     result = fit(model, task, plan.train_loader, cfg.train, output_dir, save, console=console, evaluate=plan.evaluate,
                  select_metric=task.select_metric, select_mode=getattr(task, "select_mode", "max"))
     return FinetuneRun(output_dir=output_dir, result=result, init=init)
-
-
-def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str = "test",
-                   n_bootstrap: int = 30, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """``{metric: {"mean", "std", "n", "values", "full"}}`` over ``n_bootstrap`` resamples of
-    ``split`` (``full``: on the whole split)."""
-    spec = task_spec(task_name)
-    variant = spec.variant(baseline_of(checkpoint))
-    task = variant.make_task(None, Path(checkpoint))
-    model = variant.model_class.from_pretrained(checkpoint)
-    tokenizer = MedTokenizer.from_pretrained(checkpoint)
-    cfg = dataclasses.replace(cfg, model=model.config)
-    examples = spec.examples(cfg, split)
-    return spec.evaluate(EvalContext(task, model, tokenizer, examples, cfg, Path(checkpoint), n_bootstrap, seed))
-
-
-def baseline_of(checkpoint: str | Path) -> str | None:
-    """``cnn-transformer``, ``tienet`` or None (MedViLL), from a checkpoint's ``config.json``."""
-    meta = read_checkpoint_config(checkpoint)
-    if meta["architecture"] == TieNet.__name__:
-        return "tienet"
-    if meta.get("head", {}).get("trunk") == "cnn_transformer":
-        return "cnn-transformer"
-    return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .checkpoint_files import (
+from ..checkpoint_files import (
     CHECKPOINTS_DIR,
     CONFIG_NAME,
     EVAL_METRICS,

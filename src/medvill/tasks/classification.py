@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader
 from ..checkpoint_files import THRESHOLDS_FILE
 from ..config import ConfigError, RunConfig
 from ..data.collate import blank_reports
+from ..data.splits import load_split
 from ..metrics import classification_metrics
 from ..metrics.classification import select_micro_threshold, select_thresholds
 from ..modeling.baselines import TieNet
 from ..modeling.heads import MedViLLForClassification
-from ..pipeline import load_split
 from .base import StepOutput, run_over
 from .common import binary_targets as binary_targets
 from .common import loader, record_dataset

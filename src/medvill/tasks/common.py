@@ -11,8 +11,8 @@ import numpy as np
 from ..config import ModelConfig, RunConfig
 from ..data.collate import PretrainDataset
 from ..data.records import Record
+from ..data.splits import data_loader
 from ..data.task_data import ImageTextCollator, ImageTextDataset
-from ..pipeline import data_loader
 from ..tokenization import MedTokenizer
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]

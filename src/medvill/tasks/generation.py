@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader
 
 from ..config import MaskScheme, RunConfig
 from ..data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from ..data.splits import load_split
 from ..distributed import gather_lists, shard_loader
 from ..generation import GenerationConfig, GenerativeModel, generate, reference_nll
 from ..metrics import bleu4, clinical_efficacy
 from ..modeling.baselines import TieNet
 from ..modeling.heads import MedViLLForPretraining
-from ..pipeline import load_split
 from ..tokenization import MedTokenizer
 from .base import StepOutput
 from .common import loader, record_dataset

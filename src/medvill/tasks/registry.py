@@ -8,8 +8,8 @@ evaluation on a split (:attr:`TaskSpec.evaluate`), and the baselines that have a
 owns the step (``training_step``), the validation metric (``select_metric``) and its direction
 (``select_mode``, ``max`` unless it says ``min``).
 
-``medvill.finetune``, ``medvill.inference`` and ``medvill.serve`` read this registry.  The four
-tasks of the paper live in ``classification.py``, ``retrieval.py``, ``vqa.py`` and
+``medvill.recipes`` (fine-tuning, evaluation), ``medvill.inference`` and ``medvill.serve`` read
+this registry.  The four tasks of the paper live in ``classification.py``, ``retrieval.py``, ``vqa.py`` and
 ``generation.py`` and register themselves when first asked for; adding a task is adding one
 file that calls :func:`register_task` (tests/test_task_registry.py adds a toy task that way).
 """

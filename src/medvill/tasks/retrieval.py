@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 from ..config import RunConfig
 from ..data.collate import PretrainCollator, PretrainDataset, encode_reports, pad_stack
 from ..data.records import Record
+from ..data.splits import load_split
 from ..data.transforms import load_image
 from ..labels import positive_set
 from ..metrics import Trial, build_trials, ranking_metrics
 from ..modeling.heads import MedViLLForRetrieval
-from ..pipeline import load_split
 from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
 from .common import loader

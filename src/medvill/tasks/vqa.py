@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint_files import ANSWERS_FILE, read_json_file
 from ..config import ConfigError, RunConfig
+from ..data.splits import load_vqa_split
 from ..data.task_data import ImageTextDataset
 from ..data.vqa_rad import VQAItem, build_answer_vocab
 from ..metrics import vqa_accuracy
 from ..modeling.heads import MedViLLForVQA
-from ..pipeline import load_vqa_split
 from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
 from .common import loader

@@ -1,0 +1,40 @@
+"""Evaluation (``medvill evaluate``): a fine-tuned checkpoint scored on a split with the
+paper's protocol (bootstrap resamples of the predictions; mean and std per metric), by the
+task's own evaluation (:mod:`medvill.tasks.registry`).  Baseline checkpoints (CNN & Transformer,
+TieNet) are recognised from their ``config.json`` and scored the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint_files import read_checkpoint_config
+from ..config import RunConfig
+from ..modeling.baselines import TieNet
+from ..tasks.registry import EvalContext, task_spec
+from ..tokenization import MedTokenizer
+
+
+def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str = "test",
+                   n_bootstrap: int = 30, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``{metric: {"mean", "std", "n", "values", "full"}}`` over ``n_bootstrap`` resamples of
+    ``split`` (``full``: on the whole split)."""
+    spec = task_spec(task_name)
+    variant = spec.variant(baseline_of(checkpoint))
+    task = variant.make_task(None, Path(checkpoint))
+    model = variant.model_class.from_pretrained(checkpoint)
+    tokenizer = MedTokenizer.from_pretrained(checkpoint)
+    cfg = dataclasses.replace(cfg, model=model.config)
+    examples = spec.examples(cfg, split)
+    return spec.evaluate(EvalContext(task, model, tokenizer, examples, cfg, Path(checkpoint), n_bootstrap, seed))
+
+
+def baseline_of(checkpoint: str | Path) -> str | None:
+    """``cnn-transformer``, ``tienet`` or None (MedViLL), from a checkpoint's ``config.json``."""
+    meta = read_checkpoint_config(checkpoint)
+    if meta["architecture"] == TieNet.__name__:
+        return "tienet"
+    if meta.get("head", {}).get("trunk") == "cnn_transformer":
+        return "cnn-transformer"
+    return None
