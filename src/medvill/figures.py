@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .data.common import parse_json_lines
+from .fileio import parse_json_lines
 from .labels import CHEXPERT_OBSERVATIONS
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves half of one, with the user's permissions.
+"""Writing files so that a crash never leaves half of one, with the user's permissions, and
+the strict reading of JSON lines.
 
 A leaf module (no medvill imports): checkpoints, tokenizers, training states and data sets
 all write through it.
@@ -6,9 +7,12 @@ all write through it.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -47,3 +51,18 @@ def not_utf8(path: str | Path, exc: UnicodeDecodeError) -> str:
 def bad_byte(exc: UnicodeDecodeError) -> str:
     """Where decoding failed: ``"byte 0xe9 at offset 11"``."""
     return f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+
+
+def parse_json_lines(text: str, source: str | Path,
+                     error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of JSON-lines ``text``; a line that is
+    not valid JSON raises ``error`` naming ``source:line`` (the strict reader; loaders that
+    count bad rows use :func:`read_jsonl_lines`)."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{source}:{lineno}: not valid JSON ({exc.msg})") from None
+        yield lineno, value

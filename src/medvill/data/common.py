@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ..fileio import parse_json_lines as parse_json_lines
 from ..labels import NUM_OBSERVATIONS
 from .choices import POLICIES, SPLITS
 from .label_values import LABEL_VALUES
@@ -235,23 +236,6 @@ def read_csv(path: str | Path, required: Sequence[str], rows: RowPolicy,
                 rows.bad(problem, f"{path}:{start}")
                 continue
             yield start, {name: fields[i].strip() for name, i in index.items()}
-
-
-def parse_json_lines(text: str, source: str | Path,
-                     error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
-    """``(line number, value)`` of each non-blank line of JSON-lines ``text``; a line that is
-    not valid JSON raises ``error`` naming ``source:line`` (the strict reader; loaders that
-    count bad rows use :func:`read_jsonl_lines`)."""
-    import json
-
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise error(f"{source}:{lineno}: not valid JSON ({exc.msg})") from None
-        yield lineno, value
 
 
 def read_jsonl_lines(path: str | Path, rows: RowPolicy) -> Iterator[tuple[int, dict[str, Any]]]:

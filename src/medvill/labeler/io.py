@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.common import parse_json_lines
+from ..fileio import parse_json_lines
 from ..labels import CHEXPERT_OBSERVATIONS
 
 REPORT_COLUMNS = ("reports", "report", "text", "findings")

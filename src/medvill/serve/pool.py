@@ -9,7 +9,7 @@ from typing import Any
 
 from ..checkpoint_files import training_root
 from ..config import ConfigError
-from ..data.common import parse_json_lines
+from ..fileio import parse_json_lines
 from ..inference import Pipeline
 from .settings import ServeConfig
 
