@@ -7,7 +7,7 @@ each paired with a synthetic report and its labels.  Measured in one run:
 * prepare: ``medvill.data.prepare.prepare_cache`` from the sources into a fresh cache
   (margins cut, keep-aspect resize to the preset's image size, 8-bit PNG), all usable CPUs;
 * DataLoader over the raw sources (every image preprocessed on the fly) and over the prepared
-  cache: ``PretrainDataset`` + ``PretrainCollator`` exactly as ``medvill pretrain`` builds them
+  cache: ``ReportPairDataset`` + ``ReportPairCollator`` exactly as ``medvill pretrain`` builds them
   (image decode, tensor, tokens, MLM masking, IRM pairing, batching), for each ``--workers``
   count; images/s over one full epoch, timed on the second epoch so that worker start-up is
   excluded (``persistent_workers``);
@@ -74,11 +74,11 @@ def loader_rate(records, tokenizer, mcfg, batch_size: int, workers: int, seed: i
     """Images/s of the second full epoch of the pre-training DataLoader."""
     from torch.utils.data import DataLoader
 
-    from medvill.data.collate import MLMSpec, PretrainCollator, PretrainDataset
+    from medvill.data.pairs import MLMSpec, ReportPairCollator, ReportPairDataset
 
-    dataset = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, MLMSpec(), seed=seed)
+    dataset = ReportPairDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, MLMSpec(), seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        collate_fn=PretrainCollator(tokenizer.pad_id), persistent_workers=workers > 0,
+                        collate_fn=ReportPairCollator(tokenizer.pad_id), persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(seed))
     for _ in loader:  # first epoch: worker start-up, file cache warm
         pass
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"Data pipeline vs train step ({n} source images, {preset} preset)", machine_line, cmd,
         ["stage", "images/s", "loader/train", "peak memory"], rows,
-        notes=["loader: PretrainDataset + PretrainCollator as medvill pretrain builds them, second epoch "
+        notes=["loader: ReportPairDataset + ReportPairCollator as medvill pretrain builds them, second epoch "
                "(worker start-up excluded); prepare: wall time of prepare_cache into a fresh folder",
                f"peak memory: {prep_mem.method} (loader workers not included)"],
     )

@@ -70,7 +70,7 @@ class UncachedScorer:
 
     @torch.no_grad()
     def scores(self, pairs: list[tuple[int, int]]) -> np.ndarray:
-        from medvill.data.collate import pad_stack
+        from medvill.data.pairs import pad_stack
         from medvill.data.transforms import load_image
 
         out: list[float] = []
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from medvill.data.collate import encode_reports
+    from medvill.data.pairs import encode_reports
     from medvill.metrics import ranking_metrics
     from medvill.modeling.heads import MedViLLForRetrieval
     from medvill.recipes.common import model_config_for

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from medvill.config import MaskScheme, ModelConfig, PretrainConfig, TrainConfig, load_config
-from medvill.data.collate import PretrainCollator
+from medvill.data.pairs import ReportPairCollator
 from medvill.modeling.heads import MedViLLForPretraining
 from medvill.recipes.pretrain import run_pretraining
 from medvill.tasks.pretrain import PretrainTask
@@ -81,7 +81,7 @@ def measure(mcfg: ModelConfig, batch: int, steps: int, mixed_precision: str, che
                            mixed_precision=mixed_precision, gradient_checkpointing=checkpointing,
                            channels_last=channels_last, progress=False, cpu=cpu)
         loader = DataLoader(RandomPairs(batch * (warm + steps), mcfg), batch_size=batch, shuffle=True,
-                            drop_last=True, collate_fn=PretrainCollator(mcfg.pad_token_id),
+                            drop_last=True, collate_fn=ReportPairCollator(mcfg.pad_token_id),
                             generator=torch.Generator().manual_seed(0), num_workers=2)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

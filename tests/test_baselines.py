@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from medvill.cli import app
 from medvill.config import ConfigError, load_config, preset_config
-from medvill.data.collate import PretrainCollator, PretrainDataset
+from medvill.data.pairs import ReportPairCollator, ReportPairDataset
 from medvill.data.splits import load_split
 from medvill.data.task_data import ImageTextCollator, ImageTextDataset
 from medvill.generation import GenerationConfig, _beam, generate, generate_naive
@@ -93,7 +93,7 @@ def test_baseline_finetunes_through_the_loop_and_evaluates_with_the_standard_met
     assert all(metrics[k]["n"] == 3 for k in STANDARD[task])
 
 
-class BothPairs(PretrainDataset):
+class BothPairs(ReportPairDataset):
     """Each image once with its report and once with a fixed label-aware negative (as in
     test_pretrain): neither modality alone tells the pair type, so the matching loss can
     only fall if the combined summary compares the image with the report."""
@@ -111,7 +111,7 @@ def test_cnn_transformer_matching_loss_falls(synthetic_root, tmp_path):
     tok = build_tokenizer(cfg, [r.text for r in records])
     mcfg = model_config_for(cfg, tok)
     ds = BothPairs(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None)
-    loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=PretrainCollator(tok.pad_id),
+    loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=ReportPairCollator(tok.pad_id),
                         generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = MedViLLForRetrieval(mcfg, trunk="cnn_transformer")

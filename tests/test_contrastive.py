@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medvill.config import ConfigError, MaskScheme, load_config
-from medvill.data.collate import PretrainCollator, PretrainDataset
+from medvill.data.pairs import ReportPairCollator, ReportPairDataset
 from medvill.data.splits import load_split
 from medvill.modeling import MedViLLForPretraining, PreTrainedModel
 from medvill.modeling.contrastive import label_aware_itc_loss, same_group, sample_hard_negatives
@@ -62,8 +62,8 @@ def _batch(cfg, n=8, seed=0):
     records = load_split(cfg, "train")[:n]
     tok = build_tokenizer(cfg, [r.text for r in records])
     mcfg = model_config_for(cfg, tok)
-    ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, seed=seed, contrastive=True)
-    return mcfg, ds, PretrainCollator(tok.pad_id)([ds[i] for i in range(len(ds))])
+    ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, seed=seed, contrastive=True)
+    return mcfg, ds, ReportPairCollator(tok.pad_id)([ds[i] for i in range(len(ds))])
 
 
 def test_contrastive_batches_carry_the_own_report_and_the_label_set(synthetic_root):
@@ -125,8 +125,8 @@ def test_contrastive_pretraining_aligns_images_and_reports(synthetic_root, tmp_p
     records = load_split(cfg, "train")[:32]
     tok = build_tokenizer(cfg, [r.text for r in records])
     mcfg = model_config_for(cfg, tok)
-    ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, contrastive=True)
-    loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=PretrainCollator(tok.pad_id), drop_last=True,
+    ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, contrastive=True)
+    loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=ReportPairCollator(tok.pad_id), drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = MedViLLForPretraining(mcfg, contrastive_dim=32)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from medvill.config import MaskScheme, PretrainConfig, load_config
-from medvill.data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from medvill.data.pairs import MLMSpec, ReportPairCollator, ReportPairDataset
 from medvill.data.task_data import ImageTextCollator, ImageTextDataset
 from medvill.modeling.heads import MedViLLForClassification, MedViLLForPretraining
 from medvill.modeling.pretrained import unique_state_dict
@@ -72,9 +72,9 @@ def train_mlm_tasks(init: Path, records, out: Path) -> dict[str, torch.Tensor]:
     cfg.max_steps, cfg.eval_every = 2, 0
     for task, matching in ((PretrainTask(PretrainConfig(mask=MaskScheme.BI_S2S, visual_tokens_sampled=8)), True),
                            (GenerationTask(), False)):
-        ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, MLMSpec(), matching=matching)
+        ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, MLMSpec(), matching=matching)
         loader = DataLoader(ds, batch_size=PER_PROCESS_BATCH, shuffle=True, drop_last=True,
-                            collate_fn=PretrainCollator(tok.pad_id), generator=torch.Generator().manual_seed(0))
+                            collate_fn=ReportPairCollator(tok.pad_id), generator=torch.Generator().manual_seed(0))
         fit(model, task, loader, cfg, out / task.name, lambda m, d: None)
     return unique_state_dict(model)
 

@@ -14,11 +14,11 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
 from medvill.config import ConfigError, MaskScheme, load_config
-from medvill.data.collate import (
+from medvill.data.pairs import (
     LengthGroupedSampler,
     MLMSpec,
-    PretrainCollator,
-    PretrainDataset,
+    ReportPairCollator,
+    ReportPairDataset,
     blank_reports,
     mask_tokens,
 )
@@ -66,8 +66,8 @@ def test_full_objective_scores_every_token_including_sep(synthetic_root):
     mcfg = model_config_for(cfg, tok)
     torch.manual_seed(0)
     model = MedViLLForPretraining(mcfg).eval()
-    ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, matching=False)
-    b = PretrainCollator(tok.pad_id)([ds[i] for i in range(4)])
+    ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, matching=False)
+    b = ReportPairCollator(tok.pad_id)([ds[i] for i in range(4)])
     out = model(b["text_ids"], b["text_valid"], MaskScheme.S2S, images=b["images"], matching=False, all_tokens=True)
     nll, n = reference_nll(model, b["images"], b["text_ids"], b["text_valid"])
     assert out.mlm_loss.item() == pytest.approx((nll.sum() / n.sum()).item(), rel=1e-5)
@@ -98,8 +98,8 @@ def test_generation_finetuning_learns_to_end_reports(synthetic_root, tmp_path):
     tok = build_tokenizer(cfg, [r.text for r in records])
     records = [r for r in records if len(tok.encode_batch([r.text])[0]) <= 40][:4]  # well under the limit
     mcfg = model_config_for(cfg, tok)
-    ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, matching=False)
-    loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=PretrainCollator(tok.pad_id),
+    ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, matching=False)
+    loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=ReportPairCollator(tok.pad_id),
                         generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = MedViLLForPretraining(mcfg)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medvill.cli import app
 from medvill.config import MaskScheme, load_config
-from medvill.data.collate import PretrainCollator, PretrainDataset
+from medvill.data.pairs import ReportPairCollator, ReportPairDataset
 from medvill.data.splits import load_split
 from medvill.modeling import MedViLLForPretraining, PreTrainedModel
 from medvill.recipes.common import build_tokenizer, model_config_for
@@ -38,7 +38,7 @@ def mean(history, key, part):
     return sum(chunk) / len(chunk)
 
 
-class BothPairs(PretrainDataset):
+class BothPairs(ReportPairDataset):
     """Every image twice: once with its own report, once with a fixed label-aware negative.
 
     Pairs and MLM masks stay the same every epoch, so a tiny model can fit them in seconds;
@@ -60,7 +60,7 @@ def fit_both_pairs(root, mask, steps=200, n_images=8):
     tok = build_tokenizer(cfg, [r.text for r in records])
     mcfg = model_config_for(cfg, tok)
     ds = BothPairs(records, tok, mcfg.image_size, mcfg.max_text_len)
-    loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=PretrainCollator(tok.pad_id),
+    loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=ReportPairCollator(tok.pad_id),
                         generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = MedViLLForPretraining(mcfg)

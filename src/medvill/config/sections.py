@@ -188,7 +188,7 @@ class TrainConfig:
     eval_every: int = 0  # fine-tuning: validate every N steps (0 = once, at the end)
     early_stopping_patience: int = 0  # stop after N validations without improvement (0 = off)
     mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; the weights and the optimiser stay fp32)
-    # > 0: batch reports of similar length (medvill.data.collate.LengthGroupedSampler): sort each
+    # > 0: batch reports of similar length (medvill.data.pairs.LengthGroupedSampler): sort each
     # random chunk of this many batches by length, so less padding is encoded (0 = plain shuffle)
     length_grouping: int = 0
     cpu: bool = False  # force the CPU even where a GPU exists

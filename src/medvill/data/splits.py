@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
-from .collate import LengthGroupedSampler, PretrainDataset
+from .pairs import LengthGroupedSampler, ReportPairDataset
 from .records import Record
 from .registry import load_records
 from .task_data import ImageTextDataset
@@ -78,11 +78,11 @@ def readable(items: list, cfg: RunConfig, split: str) -> list:
     return kept
 
 
-def data_loader(dataset: PretrainDataset | ImageTextDataset, cfg: RunConfig,
+def data_loader(dataset: ReportPairDataset | ImageTextDataset, cfg: RunConfig,
                 collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]], train: bool) -> DataLoader:
     """The loader of a training (shuffled, seeded, full batches) or evaluation (every item
     once) split.  With ``train.length_grouping`` > 0 the batches hold reports of similar
-    length (:class:`~medvill.data.collate.LengthGroupedSampler`); evaluation then visits the
+    length (:class:`~medvill.data.pairs.LengthGroupedSampler`); evaluation then visits the
     items shortest first (every evaluation puts its results back in data set order)."""
     t = cfg.train
     lengths = [len(ids) for ids in dataset.text_ids]

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..tokenization import MedTokenizer
-from .collate import encode_reports, pad_stack
+from .pairs import encode_reports, pad_stack
 from .transforms import load_image
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..checkpoint_files import INPUT_INFO, read_json_file, read_run_config, training_root
 from ..config import ConfigError
-from ..data.collate import encode_reports, pad_stack
+from ..data.pairs import encode_reports, pad_stack
 from ..data.prepare import training_input_settings
 from ..data.transforms import (
     IMAGENET_MEAN,

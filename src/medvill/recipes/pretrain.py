@@ -14,7 +14,7 @@ from rich.console import Console
 
 from ..checkpoint_files import RUN_CONFIG
 from ..config import ModelConfig, RunConfig
-from ..data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from ..data.pairs import MLMSpec, ReportPairCollator, ReportPairDataset
 from ..data.splits import data_loader, load_split
 from ..modeling.bert_init import load_bert_weights, resolve_bert_dir
 from ..modeling.heads import MedViLLForPretraining
@@ -50,9 +50,9 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
         report = load_bert_weights(model, bert_dir)
         console.print(f"initialised {len(report['loaded'])} tensors from {bert_dir}")
     mlm = MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac)
-    dataset = PretrainDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
+    dataset = ReportPairDataset(records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
                               contrastive=contrastive)
-    collate = PretrainCollator(tokenizer.pad_id)
+    collate = ReportPairCollator(tokenizer.pad_id)
     loader = data_loader(dataset, cfg, collate, train=True)
     from ..tasks.pretrain import PretrainTask
 
@@ -60,7 +60,7 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
     evaluate = None
     if cfg.train.eval_every:  # curves on fixed validation pairs (nothing is selected: the last step is saved)
         val_records = load_split(cfg, cfg.data.eval_split)
-        val_set = PretrainDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm,
+        val_set = ReportPairDataset(val_records, tokenizer, mcfg.image_size, mcfg.max_text_len, mlm,
                                   seed=cfg.train.seed + 1, contrastive=contrastive)
         val_loader = data_loader(val_set, cfg, collate, train=False)
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint_files import THRESHOLDS_FILE
 from ..config import ConfigError, RunConfig
-from ..data.collate import blank_reports
+from ..data.pairs import blank_reports
 from ..data.splits import load_split
 from ..metrics import classification_metrics
 from ..metrics.classification import select_micro_threshold, select_thresholds

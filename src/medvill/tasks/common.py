@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig, RunConfig
-from ..data.collate import PretrainDataset
+from ..data.pairs import ReportPairDataset
 from ..data.records import Record
 from ..data.splits import data_loader
 from ..data.task_data import ImageTextCollator, ImageTextDataset
@@ -23,7 +23,7 @@ def binary_targets(records: list[Record]) -> np.ndarray:
     return np.stack([(r.labels == 1).astype(np.float32) for r in records])
 
 
-def loader(ds: PretrainDataset | ImageTextDataset, cfg: RunConfig, tokenizer: MedTokenizer, train: bool,
+def loader(ds: ReportPairDataset | ImageTextDataset, cfg: RunConfig, tokenizer: MedTokenizer, train: bool,
            collate: Collate | None = None) -> Any:
     """The run's loader over ``ds`` (``ImageTextCollator`` unless ``collate`` is given)."""
     return data_loader(ds, cfg, collate or ImageTextCollator(tokenizer.pad_id), train)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import MaskScheme, RunConfig
-from ..data.collate import MLMSpec, PretrainCollator, PretrainDataset
+from ..data.pairs import MLMSpec, ReportPairCollator, ReportPairDataset
 from ..data.splits import load_split
 from ..distributed import gather_lists, shard_loader
 from ..generation import GenerationConfig, GenerativeModel, generate, reference_nll
@@ -124,12 +124,12 @@ def fit_generation(task: GenerationTask, ctx: FitContext) -> FitPlan:
     included.  Validation: perplexity of the reference reports."""
     p, mcfg, tok, cfg = ctx.cfg.pretrain, ctx.model_config, ctx.tokenizer, ctx.cfg
     mlm = None if task.objective == "full" else MLMSpec(p.mlm_prob, p.mlm_mask_frac, p.mlm_random_frac)
-    train_ds = PretrainDataset(ctx.train, tok, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
+    train_ds = ReportPairDataset(ctx.train, tok, mcfg.image_size, mcfg.max_text_len, mlm, seed=cfg.train.seed,
                                matching=False, mask_end=True)
-    val_ds = PretrainDataset(ctx.validation, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed,
+    val_ds = ReportPairDataset(ctx.validation, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed,
                              matching=False)
-    train_loader = loader(train_ds, cfg, tok, train=True, collate=PretrainCollator(tok.pad_id))
-    val_loader = loader(val_ds, cfg, tok, train=False, collate=PretrainCollator(tok.pad_id))
+    train_loader = loader(train_ds, cfg, tok, train=True, collate=ReportPairCollator(tok.pad_id))
+    val_loader = loader(val_ds, cfg, tok, train=False, collate=ReportPairCollator(tok.pad_id))
     return FitPlan(train_loader, lambda m: task.perplexity(m, val_loader))
 
 
@@ -147,8 +147,8 @@ def evaluate_generation(ctx: EvalContext) -> dict[str, dict[str, Any]]:
 
     task, model, tok, records, e = ctx.task, ctx.model, ctx.tokenizer, ctx.examples, ctx.cfg.eval
     mcfg = ctx.cfg.model
-    ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=ctx.seed, matching=False)
-    loader_ = loader(ds, ctx.cfg, tok, train=False, collate=PretrainCollator(tok.pad_id))
+    ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=ctx.seed, matching=False)
+    loader_ = loader(ds, ctx.cfg, tok, train=False, collate=ReportPairCollator(tok.pad_id))
     gen_cfg = GenerationConfig(max_length=e.max_length or mcfg.max_text_len - 1, num_beams=e.num_beams,
                                length_penalty=e.length_penalty, no_repeat_ngram_size=e.no_repeat_ngram_size)
     hyps = task.generate_reports(model, loader_, tok, gen_cfg)

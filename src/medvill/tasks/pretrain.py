@@ -19,7 +19,7 @@ class PretrainTask:
     """``loss = MLM + irm_weight * IRM (+ itc_weight * ITC)`` under the configured mask scheme.
 
     With ``itc_weight`` > 0 the batch carries each image's own report and label-set id
-    (:class:`~medvill.data.collate.PretrainDataset` with ``contrastive=True``); the
+    (:class:`~medvill.data.pairs.ReportPairDataset` with ``contrastive=True``); the
     contrastive loss is computed on a Non-crossing pass and, with ``irm_negatives=hard``,
     the mismatched pairs take reports sampled by its similarities.
 

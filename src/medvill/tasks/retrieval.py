@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
-from ..data.collate import PretrainCollator, PretrainDataset, encode_reports, pad_stack
+from ..data.pairs import ReportPairCollator, ReportPairDataset, encode_reports, pad_stack
 from ..data.records import Record
 from ..data.splits import load_split
 from ..data.transforms import load_image
@@ -116,8 +116,8 @@ def fit_retrieval(task: RetrievalTask, ctx: FitContext) -> FitPlan:
     mcfg, tok, cfg = ctx.model_config, ctx.tokenizer, ctx.cfg
 
     def pairs(records: list[Record], train: bool) -> DataLoader:
-        ds = PretrainDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
-        return loader(ds, cfg, tok, train=train, collate=PretrainCollator(tok.pad_id))
+        ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
+        return loader(ds, cfg, tok, train=train, collate=ReportPairCollator(tok.pad_id))
 
     train_loader, val_loader = pairs(ctx.train, True), pairs(ctx.validation, False)
     return FitPlan(train_loader, lambda m: task.match_auroc(m, val_loader))

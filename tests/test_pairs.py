@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medvill.data.collate import IGNORE_INDEX, MLMSpec, PretrainCollator, PretrainDataset, mask_tokens
+from medvill.data.pairs import IGNORE_INDEX, MLMSpec, ReportPairCollator, ReportPairDataset, mask_tokens
 from medvill.labels import positive_set
 from medvill.tokenization import MedTokenizer
 
@@ -44,7 +44,7 @@ def test_short_reports_still_get_one_prediction():
 
 def make_dataset(records, seed=0):
     tok = MedTokenizer.train([r.text for r in records], vocab_size=120, min_frequency=1)
-    return PretrainDataset(records, tok, image_size=64, max_text_len=32, seed=seed), tok
+    return ReportPairDataset(records, tok, image_size=64, max_text_len=32, seed=seed), tok
 
 
 def test_pretrain_items_never_mask_specials_and_negatives_differ_in_labels(fake_records):
@@ -81,7 +81,7 @@ def test_items_are_deterministic_per_seed_epoch_index(fake_records):
 
 def test_collate_pads_at_the_end(fake_records):
     ds, tok = make_dataset(fake_records)
-    batch = PretrainCollator(tok.pad_id)([ds[i] for i in range(5)])
+    batch = ReportPairCollator(tok.pad_id)([ds[i] for i in range(5)])
     lengths = batch["text_valid"].sum(1)
     for row in range(5):
         n = int(lengths[row])
