@@ -116,43 +116,8 @@ def run_demo(cfg: RunConfig, output: Path, full: bool = False, n_bootstrap: int 
     timings["data_s"] = time.perf_counter() - t0
     console.print(f"{cfg.data.synthetic_n} image-report pairs at {cfg.model.image_size} px in {cfg.data.root}")
 
-    mask_of = {f"MedViLL-{_mask_name(m)}": m for m in masks}  # the MedViLL rows and their pre-training
-    inits: dict[str, str] = {name: str(output / f"pretrain-{m}") for name, m in mask_of.items()}
-    reference = next(iter(inits))
-    inits["FT-only"] = "scratch"
-    n_test = len(load_split(cfg, "test"))
-    every = max(1, pre_steps // plan.pretrain_validations)
-    # one job list for the whole demo: the pre-training runs first, the models that need no
-    # pre-training (Fine-tuning Only, the baselines) train beside it, and each MedViLL fine-tune
-    # starts when its pre-training has finished
-    jobs: dict[str, _Job] = {}
-    owner: dict[str, tuple[str, str]] = {}  # job -> ("pretrain", mask) or (task, table row)
-    for m in masks:
-        owner[f"pretrain {_mask_name(m)}"] = ("pretrain", m)
-        jobs[f"pretrain {_mask_name(m)}"] = _Job(_pretrain_job, (_with(
-            cfg, f"pretrain.mask={m}", f"train.max_steps={pre_steps}", f"train.eval_every={every}"),
-            output / f"pretrain-{m}"))
-    rows: dict[str, dict[str, str]] = {}
-    for task in TASKS:
-        rows[task] = dict(inits)
-        if full:
-            rows[task].update({n: b for n, b in BASELINE_ROWS.items() if task in BASELINE_TASKS[b]})
-    by_cost = sorted(TASKS, key=lambda t: -plan.finetune_steps[t] * STEP_COST.get(t, 1.0))  # longest first
-    for needs_pretraining in (False, True):
-        for task in by_cost:
-            steps = plan.finetune_steps[task]
-            fcfg = _with(cfg, f"train.max_steps={steps}", f"train.eval_every={max(1, int(steps * plan.eval_fraction))}",
-                         f"eval.max_queries={plan.retrieval_queries}", f"eval.n_candidates={min(100, n_test)}",
-                         f"train.length_grouping={plan.length_grouping}")
-            for name, init in rows[task].items():
-                mask = mask_of.get(name)
-                if (mask is not None) != needs_pretraining:
-                    continue
-                slug = name.replace("&", "-")
-                owner[f"{task} {name}"] = (task, name)
-                jobs[f"{task} {name}"] = _Job(_finetune_job, (task, fcfg, init, output / "finetune" / f"{task}-{slug}",
-                                                              output / "eval" / f"{task}-{slug}", n_bootstrap),
-                                              needs=(f"pretrain {_mask_name(mask)}",) if mask else ())
+    plan_jobs = _plan_jobs(cfg, output, plan, masks, full, pre_steps, n_bootstrap)
+    jobs, owner, rows, reference = plan_jobs.jobs, plan_jobs.owner, plan_jobs.rows, plan_jobs.reference
 
     finished: dict[str, Any] = {}
 
@@ -187,6 +152,59 @@ def run_demo(cfg: RunConfig, output: Path, full: bool = False, n_bootstrap: int 
     timings["total_s"] = time.perf_counter() - start
     _write_results(output, result, samples, cfg, plan, pre_steps, full)
     return result
+
+
+@dataclass
+class _DemoJobs:
+    """The demo's job list: ``owner`` maps each job to ``("pretrain", mask)`` or ``(task,
+    table row)``; ``rows`` the table rows of each task (name -> init); ``reference`` the row
+    the t-tests compare against."""
+
+    jobs: dict[str, _Job]
+    owner: dict[str, tuple[str, str]]
+    rows: dict[str, dict[str, str]]
+    reference: str
+
+
+def _plan_jobs(cfg: RunConfig, output: Path, plan: DemoPlan, masks: tuple[str, ...], full: bool, pre_steps: int,
+               n_bootstrap: int) -> _DemoJobs:
+    """One job list for the whole demo: the pre-training runs first, the models that need no
+    pre-training (Fine-tuning Only, the baselines) train beside it, and each MedViLL fine-tune
+    starts when its pre-training has finished, the longest first."""
+    mask_of = {f"MedViLL-{_mask_name(m)}": m for m in masks}  # the MedViLL rows and their pre-training
+    inits: dict[str, str] = {name: str(output / f"pretrain-{m}") for name, m in mask_of.items()}
+    reference = next(iter(inits))
+    inits["FT-only"] = "scratch"
+    n_test = len(load_split(cfg, "test"))
+    every = max(1, pre_steps // plan.pretrain_validations)
+    out = _DemoJobs({}, {}, {}, reference)
+    for m in masks:
+        out.owner[f"pretrain {_mask_name(m)}"] = ("pretrain", m)
+        out.jobs[f"pretrain {_mask_name(m)}"] = _Job(_pretrain_job, (_with(
+            cfg, f"pretrain.mask={m}", f"train.max_steps={pre_steps}", f"train.eval_every={every}"),
+            output / f"pretrain-{m}"))
+    for task in TASKS:
+        out.rows[task] = dict(inits)
+        if full:
+            out.rows[task].update({n: b for n, b in BASELINE_ROWS.items() if task in BASELINE_TASKS[b]})
+    by_cost = sorted(TASKS, key=lambda t: -plan.finetune_steps[t] * STEP_COST.get(t, 1.0))  # longest first
+    for needs_pretraining in (False, True):
+        for task in by_cost:
+            steps = plan.finetune_steps[task]
+            fcfg = _with(cfg, f"train.max_steps={steps}", f"train.eval_every={max(1, int(steps * plan.eval_fraction))}",
+                         f"eval.max_queries={plan.retrieval_queries}", f"eval.n_candidates={min(100, n_test)}",
+                         f"train.length_grouping={plan.length_grouping}")
+            for name, init in out.rows[task].items():
+                mask = mask_of.get(name)
+                if (mask is not None) != needs_pretraining:
+                    continue
+                slug = name.replace("&", "-")
+                out.owner[f"{task} {name}"] = (task, name)
+                out.jobs[f"{task} {name}"] = _Job(
+                    _finetune_job, (task, fcfg, init, output / "finetune" / f"{task}-{slug}",
+                                    output / "eval" / f"{task}-{slug}", n_bootstrap),
+                    needs=(f"pretrain {_mask_name(mask)}",) if mask else ())
+    return out
 
 
 MASK_NAMES = {"bar": "BAR", "s2s": "S2S", "bi": "Bi", "bi_s2s": "Bi&S2S", "non_crossing": "NonCross"}
