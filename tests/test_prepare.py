@@ -246,3 +246,15 @@ def test_prepare_reports_the_rows_the_loader_skipped(tmp_path):
     info = json.loads((tmp_path / "cache" / "prepare.json").read_text())
     assert info["counts"]["written"] == 4 and info["loader_skipped"]["total"] == 3
     assert info["loader_skipped"]["reasons"]["empty report"] == 1 and len(info["loader_skipped"]["first"]) == 3
+
+
+def test_every_name_stays_importable_from_medvill_data_prepare():
+    """prepare.py writes the cache; the format, the worker and the reader live in their own
+    modules, and what code imports from ``medvill.data.prepare`` is the same object there."""
+    from medvill.data import prepare, prepare_format, prepare_read
+
+    for name in prepare.__all__:
+        assert hasattr(prepare, name), name
+    assert prepare.load_prepared is prepare_read.load_prepared
+    assert prepare.training_input_settings is prepare_read.training_input_settings
+    assert prepare.read_prepare_info is prepare_format.read_prepare_info and prepare.INFO == "prepare.json"

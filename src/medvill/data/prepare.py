@@ -32,17 +32,22 @@ Resuming: every file is written to a temporary name and moved into place with
 same folder reuses every image whose marker matches (same settings, same source path and
 size) and processes the rest; different settings are an error (choose another folder or
 ``overwrite=True``).  Two runs must not write into the same folder at the same time.
+
+This module writes the cache (:func:`prepare_cache`); the format it shares with the reader
+(file names, record names, manifest rows, image markers, ``prepare.json``) is in
+:mod:`medvill.data.prepare_format`, the per-image work of its worker processes in
+:mod:`medvill.data.prepare_worker`, and reading a cache (:func:`load_prepared`,
+:func:`training_input_settings`) in :mod:`medvill.data.prepare_read`; every name is importable
+from here as before.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -52,27 +57,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image, PngImagePlugin
-
-from ..labels import CHEXPERT_OBSERVATIONS, NUM_OBSERVATIONS, labels_to_vector
 from ..workers import init_worker
 from .choices import POLICIES
+from .prepare_format import (
+    FORMAT_VERSION,
+    IMAGES,
+    INFO,
+    MANIFEST,
+    TMP_MARK,
+    labels_to_dict,
+    manifest_row,
+    read_prepare_info,
+    safe_names,
+)
+from .prepare_read import load_prepared, training_input_settings
+from .prepare_worker import process_chunk
 from .records import Record, SkipReport
-from .transforms import PREPARED_KEY, Preprocess, to_uint8, warn_once
+from .transforms import Preprocess, warn_once
 
 if TYPE_CHECKING:  # rich is imported only when a progress bar is shown
     from rich.progress import Progress, Task
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.jsonl"
-INFO = "prepare.json"
-IMAGES = "images"
-_TMP_MARK = ".tmp-"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+__all__ = ["FORMAT_VERSION", "IMAGES", "INFO", "MANIFEST", "PrepareSettingsError", "PrepareSummary", "labels_to_dict",
+           "load_prepared", "prepare_cache", "read_prepare_info", "safe_names", "training_input_settings"]
 
 
 class PrepareSettingsError(ValueError):
@@ -114,136 +123,10 @@ class PrepareSummary:
         return s
 
 
-# ============================================================================================
-# names and manifest rows
-# ============================================================================================
-
-def _hashed(record_id: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", record_id).strip("._-")[:80] or "id"
-    return f"{slug}-{hashlib.sha1(record_id.encode('utf-8')).hexdigest()[:12]}"
-
-
-def safe_names(ids: Sequence[str]) -> list[str]:
-    """File-system-safe, case-insensitively unique file stems for record ids (see the module
-    docstring); deterministic for a given id sequence."""
-    seen: set[str] = set()
-    out = []
-    for rid in ids:
-        rid = str(rid)
-        ok = _SAFE_NAME.fullmatch(rid) and not rid.endswith(".") and rid.split(".")[0].lower() not in _RESERVED
-        name = rid if ok else _hashed(rid)
-        if name.lower() in seen:
-            base = _hashed(rid)
-            name, k = base, 2
-            while name.lower() in seen:
-                name, k = f"{base}-{k}", k + 1
-        seen.add(name.lower())
-        out.append(name)
-    return out
-
-
-def labels_to_dict(labels: np.ndarray) -> dict[str, int | None]:
-    """Label vector (nan = blank) -> ``{observation: 1|0|-1|None}`` over all 14 observations."""
-    vec = np.asarray(labels, dtype=np.float32)
-    if vec.shape != (NUM_OBSERVATIONS,):
-        raise ValueError(f"expected {NUM_OBSERVATIONS} labels, got shape {vec.shape}")
-    return {name: (None if np.isnan(v) else int(v)) for name, v in zip(CHEXPERT_OBSERVATIONS, vec)}
-
-
-def _manifest_row(record: Record, rel_image: str) -> dict[str, Any]:
-    return {
-        "id": record.id, "image": rel_image, "source_image": str(record.image), "text": record.text,
-        "findings": record.findings, "impression": record.impression,
-        "labels": labels_to_dict(record.labels), "split": record.split,
-    }
-
-
-# ============================================================================================
-# the worker
-# ============================================================================================
-
-def _marker(settings: dict, source: str, source_bytes: int) -> dict[str, Any]:
-    return {"format": FORMAT_VERSION, "settings": settings, "source": source, "source_bytes": source_bytes}
-
-
-def _read_marker(path: Path) -> dict | None:
-    try:
-        with Image.open(path) as im:
-            text = im.info.get(PREPARED_KEY)
-        return json.loads(text) if isinstance(text, str) else None
-    except Exception:  # noqa: BLE001 - unreadable -> not reusable, write it again
-        return None
-
-
-def _process_one(source: str, dst: Path, preprocess: Preprocess, settings: dict) -> tuple[str, list[str]]:
-    """Write (or reuse) one cached image; returns ("written" | "reused", warnings)."""
-    try:
-        size = os.stat(source).st_size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {source}") from None
-    want = _marker(settings, source, size)
-    if dst.exists():
-        have = _read_marker(dst)
-        if have is not None and {k: have.get(k) for k in want} == want:
-            return "reused", list(have.get("warnings") or [])
-    pixels, warnings = preprocess.run(source)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(PREPARED_KEY, json.dumps({**want, "warnings": warnings}, ensure_ascii=True))
-    tmp = dst.with_name(f".{dst.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        Image.fromarray(to_uint8(pixels), mode="L").save(tmp, format="PNG", pnginfo=info, compress_level=3)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return "written", warnings
-
-
-def _process_chunk(chunk: list[tuple[int, str, str]], preprocess: Preprocess, images: str,
-                   policy: str) -> list[tuple[int, str, Any]]:
-    """Run in a worker: ``(index, source, name)`` items -> ``(index, status, detail)`` with status
-    written/reused (detail: warnings), skipped (detail: reason) or error (detail: (kind, message))."""
-    settings = preprocess.settings()
-    out: list[tuple[int, str, Any]] = []
-    for index, source, name in chunk:
-        try:
-            status, warnings = _process_one(source, Path(images) / f"{name}.png", preprocess, settings)
-            out.append((index, status, warnings))
-        except Exception as exc:  # noqa: BLE001 - reported per record, never a crash mid-run
-            msg = str(exc) if source in str(exc) else f"{source}: {type(exc).__name__}: {exc}"
-            if policy == "error":
-                kind = "missing" if isinstance(exc, FileNotFoundError) else (
-                    "value" if isinstance(exc, ValueError) else "other")
-                out.append((index, "error", (kind, msg)))
-                return out
-            out.append((index, "skipped", msg))
-    return out
-
-
-
-
-# ============================================================================================
-# prepare_cache
-# ============================================================================================
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_prepare_info(output: str | Path) -> dict[str, Any]:
-    """The ``prepare.json`` of a cache folder; a missing or invalid one is an error naming it."""
-    path = Path(output) / INFO
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {Path(output)} a folder written by medvill prepare?")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or "format_version" not in info:
-        raise ValueError(f"{path}: not a medvill prepare.json (no format_version)")
-    return info
 
 
 def _check_output(output: Path, settings: dict, overwrite: bool) -> None:
@@ -358,7 +241,7 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
     _check_output(output, settings, overwrite)
     images = output / IMAGES
     images.mkdir(parents=True, exist_ok=True)
-    for stale in images.glob(f".*{_TMP_MARK}*"):  # left by an interrupted run
+    for stale in images.glob(f".*{TMP_MARK}*"):  # left by an interrupted run
         stale.unlink(missing_ok=True)
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "status": "incomplete", "settings": settings,
@@ -392,14 +275,14 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
     try:
         if workers == 1 or len(chunks) <= 1:
             for chunk in chunks:
-                collect(_process_chunk(chunk, preprocess, str(images), policy))
+                collect(process_chunk(chunk, preprocess, str(images), policy))
         else:
             ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent (torch, rich)
             # workers: Ctrl-C is handled by the parent, which stops the pool; a killed parent ends them
             pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx,
                                           initializer=init_worker, initargs=(None, True))
             try:
-                futures = [pool.submit(_process_chunk, c, preprocess, str(images), policy) for c in chunks]
+                futures = [pool.submit(process_chunk, c, preprocess, str(images), policy) for c in chunks]
                 for fut in cf.as_completed(futures):
                     collect(fut.result())
             finally:  # on error or Ctrl-C: drop queued chunks, let running ones finish their file
@@ -418,8 +301,8 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
             continue
         if detail:
             warned.append((record.id, "; ".join(detail)))
-        rows.append(_manifest_row(record, f"{IMAGES}/{name}.png"))
-    tmp = output / f".{MANIFEST}{_TMP_MARK}{os.getpid()}"
+        rows.append(manifest_row(record, f"{IMAGES}/{name}.png"))
+    tmp = output / f".{MANIFEST}{TMP_MARK}{os.getpid()}"
     with tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -449,63 +332,3 @@ def prepare_cache(records: Sequence[Record], output: str | Path, preprocess: Pre
         log.warning("skipped %d of %d images (listed in %s); first: %s",
                     len(skipped), len(records), output / INFO, first)
     return summary
-
-
-# ============================================================================================
-# reading the cache
-# ============================================================================================
-
-def load_prepared(output: str | Path, split: str | None = None) -> list[Record]:
-    """The records of a complete cache (all, or one ``split``), in the order they were given to
-    :func:`prepare_cache`, with ``image`` pointing at the cached PNG (absolute path).
-
-    An unfinished cache, a malformed manifest line (named by file and line) or a missing cached
-    image is an error.
-    """
-    output = Path(output).absolute()
-    info = read_prepare_info(output)
-    if info.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{output / INFO}: format version {info.get('format_version')!r}, this medvill reads "
-                         f"{FORMAT_VERSION}; prepare the images again")
-    if info.get("status") != "complete":
-        raise ValueError(f"{output} is an unfinished prepared-image cache (interrupted?); rerun medvill prepare "
-                         "with the same --output to finish it")
-    path = output / MANIFEST
-    records: list[Record] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-                if split is not None and row["split"] != split:
-                    continue
-                image = output / row["image"]
-                labels = labels_to_vector(row.get("labels") or {})
-                record = Record(id=str(row["id"]), image=image, text=row["text"], labels=labels,
-                                split=row["split"], findings=row.get("findings", ""),
-                                impression=row.get("impression", ""))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: invalid manifest row ({type(exc).__name__}: {exc})") from None
-            if not image.is_file():
-                raise FileNotFoundError(f"{where}: cached image {image} is missing; rerun medvill prepare "
-                                        "with the same --output to restore it")
-            records.append(record)
-    return records
-
-
-# ============================================================================================
-# what a model was trained on
-# ============================================================================================
-
-def training_input_settings(root: str | Path | None, image_size: int) -> dict[str, Any]:
-    """How training read its images, JSON-ready, so that inference can do the same:
-    ``{"image_size": N, "cache": SETTINGS | None}``.  ``cache`` holds the :class:`Preprocess`
-    settings of the prepared-image cache at ``root`` (training then read those cached images
-    and only resized them to ``image_size``), or None when training read the original files
-    with the default :class:`Preprocess` at ``image_size``."""
-    cache = None
-    if root is not None and (Path(root) / INFO).is_file():
-        cache = read_prepare_info(root).get("settings")
-    return {"format": 1, "image_size": int(image_size), "cache": cache}

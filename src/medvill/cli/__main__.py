@@ -1,0 +1,5 @@
+"""``python -m medvill.cli ...`` (as ``python -m medvill ...``)."""
+
+from . import main
+
+main()
