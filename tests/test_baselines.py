@@ -87,7 +87,7 @@ def test_baseline_finetunes_through_the_loop_and_evaluates_with_the_standard_met
     if baseline == "tienet":
         assert isinstance(model, TieNet)
     else:
-        assert isinstance(model.medvill, CNNTransformerModel)
+        assert isinstance(model.cnn_transformer, CNNTransformerModel)
     metrics = run_evaluation(task, out, cfg_for(synthetic_root, 0), split="test", n_bootstrap=3)
     assert {k for k, v in metrics.items() if v.get("values")} == STANDARD[task]
     assert all(metrics[k]["n"] == 3 for k in STANDARD[task])
@@ -138,6 +138,29 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
             assert torch.equal(loaded(ids, valid, images=images()).logits, before)
     assert models[2].head_config() == {"trunk": "cnn_transformer", "num_answers": 5}
     assert models[3].head_config() == {"num_labels": 6, "hops": 3, "loss_weight": 0.5}
+
+
+def test_the_baseline_trunk_has_its_own_name_and_old_checkpoints_load(tmp_path):
+    """The CNN & Transformer trunk is ``cnn_transformer`` (MedViLL's stays ``medvill``); a
+    checkpoint written when the baseline's trunk was stored under ``medvill.*`` loads the same."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = MedViLLForClassification(tiny_model_config(), trunk="cnn_transformer").eval()
+    assert isinstance(model.body, CNNTransformerModel) and not hasattr(model, "medvill")
+    model.save_pretrained(tmp_path / "new")
+    weights = load_file(str(tmp_path / "new" / "model.safetensors"))
+    assert any(k.startswith("cnn_transformer.") for k in weights) and not any(k.startswith("medvill.") for k in weights)
+    old = {("medvill." + k[len("cnn_transformer."):] if k.startswith("cnn_transformer.") else k): v
+           for k, v in weights.items()}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    save_file(old, str(tmp_path / "old" / "model.safetensors"))
+    loaded = MedViLLForClassification.from_pretrained(tmp_path / "old").eval()
+    ids, valid = text_batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, valid, images=images()).logits, model(ids, valid, images=images()).logits)
+    assert MedViLLForClassification(tiny_model_config()).upgrade_state_dict(old) is old  # MedViLL: as saved
 
 
 def test_cnn_transformer_has_no_cross_modal_path():
@@ -292,6 +315,6 @@ def test_cnn_transformer_text_side_starts_from_a_bert_checkpoint(synthetic_root,
     run_finetuning("classification", cfg, "cnn-transformer", out)
     model = MedViLLForClassification.from_pretrained(out)
     ref = load_file(str(resolve_bert_dir("minilm") / "model.safetensors"))
-    assert isinstance(model.medvill, CNNTransformerModel) and model.config.hidden_size == 384
-    assert torch.equal(model.medvill.encoder.layer[3].output.dense.weight, ref["encoder.layer.3.output.dense.weight"])
-    assert torch.equal(model.medvill.embeddings.word_embeddings.weight, ref["embeddings.word_embeddings.weight"])
+    assert isinstance(model.cnn_transformer, CNNTransformerModel) and model.config.hidden_size == 384
+    assert torch.equal(model.body.encoder.layer[3].output.dense.weight, ref["encoder.layer.3.output.dense.weight"])
+    assert torch.equal(model.body.embeddings.word_embeddings.weight, ref["embeddings.word_embeddings.weight"])

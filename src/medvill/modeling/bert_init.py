@@ -109,14 +109,18 @@ def _bert_state(bert_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(weights))
 
 
-def load_bert_weights(model: nn.Module, bert_dir: Path, prefix: str = "medvill.") -> dict[str, list[str]]:
+def load_bert_weights(model: nn.Module, bert_dir: Path, prefix: str | None = None) -> dict[str, list[str]]:
     """Copy BERT weights into ``model`` by name.
 
     BERT names (``bert.embeddings.word_embeddings.weight``, ``embeddings...``) map to
-    ``{prefix}embeddings...``; ``cls.predictions.*`` maps to ``mlm_head.*``.  Returns the
+    ``{prefix}embeddings...`` (default: the model's trunk, ``medvill.`` or, for the CNN &
+    Transformer baseline, ``cnn_transformer.``); ``cls.predictions.*`` maps to
+    ``mlm_head.*``.  Returns the
     loaded keys and the model keys left at their initial values (the CNN, the visual
     projection and location embeddings, task heads).
     """
+    if prefix is None:
+        prefix = f"{getattr(model, 'trunk', 'medvill')}."
     state = _bert_state(bert_dir)
     own = model.state_dict()
     loaded: list[str] = []

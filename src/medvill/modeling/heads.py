@@ -251,18 +251,38 @@ class _PooledTaskModel(PreTrainedModel):
     """Base model + a head on the pooled summary token (CLS under Bi; paper section IV).
 
     Fine-tuning for understanding tasks uses the bidirectional mask and all K visual tokens.
-    ``trunk`` (saved in the checkpoint's head config): ``medvill``, or ``cnn_transformer``
-    for the CNN & Transformer baseline, whose summary (late fusion of a CNN vector and a
-    text-only transformer's CLS) feeds the same heads; the attribute stays ``medvill``.
+    ``trunk`` (saved in the checkpoint's head config): ``medvill`` (the attribute
+    ``medvill``), or ``cnn_transformer`` for the CNN & Transformer baseline (the attribute
+    ``cnn_transformer``), whose summary (late fusion of a CNN vector and a text-only
+    transformer's CLS) feeds the same heads; :attr:`body` is whichever the model has.
     """
+
+    medvill: MedViLLModel
+    cnn_transformer: CNNTransformerModel
 
     def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, trunk: str = "medvill"):
         super().__init__(config)
         if trunk not in TRUNKS:
             raise ValueError(f"unknown trunk {trunk!r}; choose one of {', '.join(TRUNKS)}")
         self.trunk = trunk
-        self.medvill: MedViLLModel | CNNTransformerModel = TRUNKS[trunk](config, load_pretrained_backbone)
+        if trunk == "medvill":
+            self.medvill = MedViLLModel(config, load_pretrained_backbone)
+        else:
+            self.cnn_transformer = CNNTransformerModel(config, load_pretrained_backbone)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    @property
+    def body(self) -> MedViLLModel | CNNTransformerModel:
+        """The trunk under the head: MedViLL's, or the CNN & Transformer baseline's."""
+        return self.medvill if self.trunk == "medvill" else self.cnn_transformer
+
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """CNN & Transformer checkpoints written before the trunk had its own name stored it
+        under ``medvill.*``."""
+        if self.trunk != "cnn_transformer" or not any(k.startswith("medvill.") for k in state):
+            return state
+        return {("cnn_transformer." + k[len("medvill."):] if k.startswith("medvill.") else k): v
+                for k, v in state.items()}
 
     def head_config(self) -> dict:
         return {"trunk": self.trunk}
@@ -270,8 +290,8 @@ class _PooledTaskModel(PreTrainedModel):
     def pooled(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
                visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI
                ) -> tuple[torch.Tensor, MedViLLOutput | CNNTransformerOutput]:
-        out = self.medvill(text_ids, text_valid, scheme, images=images, visual_features=visual_features)
-        return self.dropout(self.medvill.summary(out, text_valid)), out
+        out = self.body(text_ids, text_valid, scheme, images=images, visual_features=visual_features)
+        return self.dropout(self.body.summary(out, text_valid)), out
 
 
 @register

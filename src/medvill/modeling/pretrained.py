@@ -64,6 +64,11 @@ class PreTrainedModel(nn.Module):
     def head_config(self) -> dict[str, Any]:
         return {}
 
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Saved weights of an older checkpoint format under this model's parameter names
+        (identity unless a model renamed a part; every load goes through it)."""
+        return state
+
     def save_pretrained(
         self, directory: str | Path, tokenizer: Any = None, extra_files: dict[str, str] | None = None
     ) -> Path:
@@ -118,7 +123,7 @@ class PreTrainedModel(nn.Module):
             raise
         except (TypeError, ValueError) as exc:  # a head option the architecture does not take
             raise ConfigError(f"{where}: cannot build a {arch} from it ({exc})") from None
-        load_state_tied(model, read_weights(directory, map_location), source=str(directory))
+        load_state_tied(model, model.upgrade_state_dict(read_weights(directory, map_location)), source=str(directory))
         return model
 
 

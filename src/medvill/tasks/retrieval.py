@@ -68,7 +68,7 @@ class PairScorer:
         with torch.no_grad():
             for start in range(0, len(records), batch_size):
                 imgs = torch.stack([load_image(r.image, image_size) for r in records[start : start + batch_size]])
-                feats.append(model.medvill.encode_image(imgs.to(self.device)))  # once per image
+                feats.append(model.body.encode_image(imgs.to(self.device)))  # once per image
         self.features = torch.cat(feats)  # (N, K, C)
         self.cache: dict[tuple[int, int], float] = {}
         self.cnn_passes = len(records)

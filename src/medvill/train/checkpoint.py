@@ -48,7 +48,7 @@ from torch import nn
 from ..checkpoint_files import CHECKPOINTS_DIR
 from ..config import ConfigError, TrainConfig
 from ..fileio import atomic_write_text
-from ..modeling.pretrained import load_state_tied, unique_state_dict
+from ..modeling.pretrained import PreTrainedModel, load_state_tied, unique_state_dict
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -301,7 +301,11 @@ def load_training_state(
     rng_file = path / f"rng-{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise CorruptCheckpoint(f"{rng_file} is missing")
-    load_state_tied(accelerator.unwrap_model(model), load_file(str(path / MODEL)), source=str(path))
+    unwrapped = accelerator.unwrap_model(model)
+    weights = load_file(str(path / MODEL))
+    if isinstance(unwrapped, PreTrainedModel):
+        weights = unwrapped.upgrade_state_dict(weights)
+    load_state_tied(unwrapped, weights, source=str(path))
     optimizer.load_state_dict(_torch_load(path / OPTIMIZER))
     scheduler.load_state_dict(_torch_load(path / SCHEDULER))
     if accelerator.scaler is not None:
