@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "tokenization": {"fileio"},
     "metrics": {"labels"},
     "labeler": {"labels", "fileio"},
-    "data": {"config", "fileio", "labels", "labeler", "tokenization", "workers"},
+    "data": {"config", "fileio", "checkpoint_files", "labels", "labeler", "tokenization", "workers"},
     "modeling": {"config", "fileio", "checkpoint_files"},
     "generation": {"config", "modeling"},
     "tasks": {"config", "fileio", "labels", "checkpoint_files", "distributed", "tokenization", "metrics", "labeler",

@@ -15,6 +15,7 @@ file                    what it holds                                           
 ``answers.json``        the VQA answer vocabulary                                   VQA
 ``thresholds.json``     thresholds chosen on the validation split                   classification
 ``metrics.json``        an evaluation's scores                                      ``evaluate``
+``image_warnings.txt``  the images the image checks flagged, and why                any run
 ``checkpoints/``        training state for exact resume (``train/checkpoint.py``)   the loop
 ======================  ==========================================================  ==============
 
@@ -50,10 +51,11 @@ ANSWERS_FILE = "answers.json"
 THRESHOLDS_FILE = "thresholds.json"
 EVAL_METRICS = "metrics.json"
 CHECKPOINTS_DIR = "checkpoints"
+IMAGE_WARNINGS = "image_warnings.txt"
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FILES)
 #: every file (and the training-state folder) a run of this project writes into its output folder
 RUN_FILES = (*MODEL_FILES, RUN_CONFIG, FINETUNE_INFO, SELECTION, METRICS_LOG, INPUT_INFO, ANSWERS_FILE,
-             THRESHOLDS_FILE, EVAL_METRICS, CHECKPOINTS_DIR)
+             THRESHOLDS_FILE, EVAL_METRICS, IMAGE_WARNINGS, CHECKPOINTS_DIR)
 
 
 def read_json_file(path: str | Path, expect: type = dict) -> Any:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from . import image_warnings
 from .decode import (
     CLIP_BOTH_FRACTION,
     CLIP_ONE_FRACTION,
@@ -211,9 +212,14 @@ _warned_lock = threading.Lock()
 
 
 def warn_once(path: str | Path, messages: list[str] | tuple[str, ...]) -> bool:
-    """``logging.warning`` the messages about ``path`` in one line, once per file and process.
-    Returns whether it logged."""
+    """``logging.warning`` the messages about ``path`` in one line, once per file and process
+    (inside :func:`~medvill.data.image_warnings.collected_image_warnings`: gathered for the
+    run's summary instead).  Returns whether it logged."""
     if not messages:
+        return False
+    collector = image_warnings.active()
+    if collector is not None:
+        collector.add(path, messages)
         return False
     key = str(path)
     with _warned_lock:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..checkpoint_files import read_checkpoint_config
 from ..config import RunConfig
+from ..data.image_warnings import collected_image_warnings
 from ..modeling.baselines import TieNet
 from ..tasks.registry import EvalContext, task_spec
 from ..tokenization import MedTokenizer
@@ -20,6 +21,12 @@ def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split
                    n_bootstrap: int = 30, seed: int = 0) -> dict[str, dict[str, Any]]:
     """``{metric: {"mean", "std", "n", "values", "full"}}`` over ``n_bootstrap`` resamples of
     ``split`` (``full``: on the whole split)."""
+    with collected_image_warnings():
+        return _evaluate(task_name, checkpoint, cfg, split, n_bootstrap, seed)
+
+
+def _evaluate(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str, n_bootstrap: int,
+              seed: int) -> dict[str, dict[str, Any]]:
     spec = task_spec(task_name)
     variant = spec.variant(baseline_of(checkpoint))
     task = variant.make_task(None, Path(checkpoint))

@@ -30,6 +30,7 @@ from rich.console import Console
 
 from ..checkpoint_files import FINETUNE_INFO, INPUT_INFO, RUN_CONFIG, finetune_info_text
 from ..config import ConfigError, RunConfig
+from ..data.image_warnings import collected_image_warnings
 from ..data.prepare import training_input_settings
 from ..modeling.baselines import BASELINE_TASKS
 from ..modeling.bert_init import load_bert_weights, resolve_bert_dir
@@ -53,6 +54,15 @@ class FinetuneRun:
 
 def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | Path,
                    console: Console | None = None) -> FinetuneRun:
+    """Fine-tune ``task_name`` from ``init`` (a pre-training checkpoint, ``scratch`` or a
+    baseline's name) into ``output_dir``; the image checks' warnings are summarised once
+    (:mod:`medvill.data.image_warnings`)."""
+    with collected_image_warnings(output_dir):
+        return _finetune(task_name, cfg, init, output_dir, console)
+
+
+def _finetune(task_name: str, cfg: RunConfig, init: str, output_dir: str | Path,
+              console: Console | None) -> FinetuneRun:
     console = console or Console()
     output_dir = Path(output_dir)
     baseline = init if init in BASELINE_TASKS else None

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from ..checkpoint_files import RUN_CONFIG
 from ..config import ModelConfig, RunConfig
+from ..data.image_warnings import collected_image_warnings
 from ..data.pairs import MLMSpec, ReportPairCollator, ReportPairDataset
 from ..data.splits import data_loader, load_split
 from ..modeling.bert_init import load_bert_weights, resolve_bert_dir
@@ -34,7 +35,13 @@ class PretrainRun:
 
 
 def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | None = None) -> PretrainRun:
-    """Pre-train MedViLL (MLM + IRM) and write the checkpoint into ``output_dir``."""
+    """Pre-train MedViLL (MLM + IRM) and write the checkpoint into ``output_dir``; the image
+    checks' warnings are summarised once (:mod:`medvill.data.image_warnings`)."""
+    with collected_image_warnings(output_dir):
+        return _pretrain(cfg, output_dir, console)
+
+
+def _pretrain(cfg: RunConfig, output_dir: str | Path, console: Console | None) -> PretrainRun:
     console = console or Console()
     output_dir = Path(output_dir)
     records = load_split(cfg, cfg.data.train_split)
