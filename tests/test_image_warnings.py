@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medvill.config import load_config
 from medvill.data.image_warnings import collected_image_warnings
-from medvill.data.transforms import warn_once
+from medvill.data.transforms import PIXEL_CACHE, warn_once
 from medvill.recipes.finetune import run_finetuning
 
 
@@ -59,3 +61,43 @@ def test_a_fine_tuning_run_over_flagged_images_prints_one_line(tmp_path, caplog)
     assert len(flagged) == 1 and not per_image, caplog.text
     assert flagged[0].startswith("8 images flagged by the image checks (saturated 8)")
     assert len((tmp_path / "run" / "image_warnings.txt").read_text().splitlines()) == 8  # train + validation
+
+
+def _slice(body: int, hole: int = 0) -> np.ndarray:
+    """A CT-like slice: a bright body disc of radius ``body`` on a black surround, with a black
+    region of radius ``hole`` inside the body."""
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    pixels = np.where(r < body, 0.35 + 0.3 * (xx / 96), 0.0).astype(np.float32)
+    pixels[r < hole] = 0.0
+    return pixels
+
+
+def test_a_ct_slice_is_not_flagged_for_its_black_surround():
+    from medvill.data.decode import intensity_warnings
+
+    normal = _slice(body=34)  # 61 % black, all of it around the body
+    assert intensity_warnings(normal)[0].startswith("saturated")  # the radiograph rule
+    assert intensity_warnings(normal, cross_sectional=True) == []
+    bad = _slice(body=46, hole=42)  # 60 % black inside the body
+    assert intensity_warnings(bad, cross_sectional=True)[0].startswith("saturated")
+
+
+VQA_RAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "vqa_rad"
+
+
+@pytest.mark.skipif(not (VQA_RAD / "images" / "synpic22310.jpg").is_file(), reason="../shared/data/vqa_rad not here")
+def test_vqa_rad_head_and_abdominal_images_are_checked_as_slices(caplog):
+    """A real abdominal CT of VQA-RAD (black surround, caption text at the border): flagged by
+    the radiograph rule, not when its item says it is an abdominal image."""
+    from medvill.data.splits import readable
+    from medvill.data.vqa_rad import VQAItem
+
+    image = VQA_RAD / "images" / "synpic22310.jpg"
+    cfg = load_config("tiny", None, [f"data.root={VQA_RAD}", "model.image_size=64"])
+    for organ, flagged in (("ABD", []), ("CHEST", [str(image)])):
+        item = VQAItem("1", image, "q?", "yes", "CLOSED", "PRES", organ, "freeform", "train")
+        PIXEL_CACHE.clear()  # decoded (and checked) afresh
+        with caplog.at_level(logging.WARNING), collected_image_warnings() as found:
+            assert readable([item], cfg, "train") == [item]
+        assert list(found.by_image) == flagged, organ

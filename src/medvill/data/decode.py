@@ -281,7 +281,22 @@ def _minmax(values: np.ndarray) -> np.ndarray:
 # intensity sanity check
 # ============================================================================================
 
-def intensity_warnings(pixels: np.ndarray, *, kind: str = "", raw_max: float | None = None) -> list[str]:
+#: a CT or MR slice's surround: pixels at most this bright (JPEG noise around 0 included),
+#: connected to the image's border
+SURROUND_LEVEL = 0.05
+
+
+def _outside_black(black: np.ndarray) -> np.ndarray:
+    """The pixels of ``black`` connected to the image's border: the surround of a slice."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(black)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
+
+
+def intensity_warnings(pixels: np.ndarray, *, kind: str = "", raw_max: float | None = None,
+                       cross_sectional: bool = False) -> list[str]:
     """Robust checks that an image's intensities look like a usable radiograph; the messages
     of the ones that fail (empty list: all fine).  Computed on every 2nd pixel (deterministic).
 
@@ -291,6 +306,13 @@ def intensity_warnings(pixels: np.ndarray, *, kind: str = "", raw_max: float | N
     * saturated: >= ``CLIP_ONE_FRACTION`` (50 %) of pixels at 0 or at 1;
     * low bits: an integer container deeper than 8 bits (``kind == "16-bit"``) whose stored
       maximum is <= 255 - an 8-bit image saved as 16-bit or truncated data.
+
+    ``cross_sectional`` (a CT or MR slice, e.g. VQA-RAD's head and abdominal images): the black
+    surround of the body (pixels up to ``SURROUND_LEVEL`` connected to the image border) is
+    normal there and does not count towards "saturated" or "clipped"; black inside the body
+    still does.  On VQA-RAD's 314 training images (256 px) this flags 0 of the 207 head and
+    abdominal images, against 19 (all "saturated") with the radiograph rule; the 107 chest
+    radiographs are checked as before (0 flagged).
 
     Inversion (MONOCHROME1 read as MONOCHROME2) is not checked: no robust rule exists without
     anatomy; the DICOM tag is trusted.
@@ -309,7 +331,10 @@ def intensity_warnings(pixels: np.ndarray, *, kind: str = "", raw_max: float | N
     elif spread < LOW_CONTRAST_SPREAD:
         out.append(f"very low contrast (1st-99th percentile spread {spread:.3f} of the range): "
                    "wrong bit depth or window?")
-    black = float(np.mean(sample <= CLIP_TOLERANCE))
+    dark = sample <= CLIP_TOLERANCE
+    if cross_sectional and dark.any():
+        dark = dark & ~_outside_black(sample <= SURROUND_LEVEL)
+    black = float(np.mean(dark))
     white = float(np.mean(sample >= 1.0 - CLIP_TOLERANCE))
     if spread >= NEAR_CONSTANT_SPREAD:
         if black >= CLIP_BOTH_FRACTION and white >= CLIP_BOTH_FRACTION:

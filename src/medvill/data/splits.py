@@ -55,6 +55,7 @@ def readable(items: list, cfg: RunConfig, split: str) -> list:
     if not items or is_prepared(cfg.data.root):
         return items
     pre = Preprocess(image_size=cfg.model.image_size)
+    slice_pre = Preprocess(image_size=cfg.model.image_size, cross_sectional=True)  # CT / MR (e.g. VQA-RAD)
     bad: dict[Path, str] = {}
     seen: set[Path] = set()
     for item in items:
@@ -63,7 +64,7 @@ def readable(items: list, cfg: RunConfig, split: str) -> list:
             continue
         seen.add(path)
         try:
-            PIXEL_CACHE.get(path, pre)
+            PIXEL_CACHE.get(path, slice_pre if getattr(item, "cross_sectional", False) else pre)
         except (OSError, ValueError) as exc:
             bad[path] = str(exc)
     if not bad:

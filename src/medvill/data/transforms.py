@@ -52,6 +52,7 @@ from .decode import (
     LOW_CONTRAST_SPREAD,
     NEAR_CONSTANT_SPREAD,
     PREPARED_KEY,
+    SURROUND_LEVEL,
     WINDOW_MODES,
     Decoded,
     MissingDecoderError,
@@ -74,7 +75,8 @@ __all__ = [
     "resize_pad_array", "to_tensor", "warn_once",
     # decoding (medvill.data.decode), re-exported
     "CLIP_BOTH_FRACTION", "CLIP_ONE_FRACTION", "CLIP_TOLERANCE", "DICOM_SUFFIXES", "INTEGER_MODES", "LOW_BITS_MAX",
-    "LOW_CONTRAST_SPREAD", "NEAR_CONSTANT_SPREAD", "PREPARED_KEY", "WINDOW_MODES", "Decoded", "MissingDecoderError",
+    "LOW_CONTRAST_SPREAD", "NEAR_CONSTANT_SPREAD", "SURROUND_LEVEL", "PREPARED_KEY", "WINDOW_MODES", "Decoded",
+    "MissingDecoderError",
     "decode_image", "decode_pil_image", "image_from_array", "intensity_warnings", "read_grayscale", "read_image",
     "to_uint8",
 ]
@@ -276,8 +278,9 @@ class Preprocess:
     ``image_size``: output side in pixels (paper: 512).  ``crop_margins``: cut uniform borders
     (paper: yes).  ``window``: DICOM VOI handling, ``"auto"`` (VOI LUT / window tags when
     present) or ``"none"`` (min-max).  ``crop_threshold`` / ``max_crop``: see
-    :func:`crop_margins`.  ``check_intensity``: run :func:`intensity_warnings` (does not change
-    pixels, so it is not part of :meth:`settings`).
+    :func:`crop_margins`.  ``check_intensity``: run :func:`intensity_warnings`;
+    ``cross_sectional``: check it as a CT or MR slice (neither changes pixels, so they are not
+    part of :meth:`settings`).
     """
 
     image_size: int = 512
@@ -286,6 +289,7 @@ class Preprocess:
     crop_threshold: float = CROP_THRESHOLD
     max_crop: float = MAX_CROP
     check_intensity: bool = True
+    cross_sectional: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -301,6 +305,7 @@ class Preprocess:
         """Everything that determines the output pixels (for cache keys), JSON-ready."""
         d = dataclasses.asdict(self)
         d.pop("check_intensity")
+        d.pop("cross_sectional")
         d["pipeline_version"] = PIPELINE_VERSION
         return d
 
@@ -326,7 +331,8 @@ class Preprocess:
             if self.crop_margins:
                 pixels = crop_margins(pixels, self.crop_threshold, max_crop=self.max_crop)
             if self.check_intensity:
-                warnings += intensity_warnings(pixels, kind=decoded.kind, raw_max=decoded.raw_max)
+                warnings += intensity_warnings(pixels, kind=decoded.kind, raw_max=decoded.raw_max,
+                                               cross_sectional=self.cross_sectional)
         return resize_pad_array(pixels, self.image_size), warnings
 
     def __call__(self, path: str | Path | Image.Image | np.ndarray) -> Image.Image:
@@ -364,6 +370,11 @@ class _PixelCache:
         self.items: dict[tuple, Image.Image] = {}
         self.bytes = 0
         self.lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.bytes = 0
 
     def get(self, path: Path, pre: Preprocess) -> Image.Image:
         st = path.stat()

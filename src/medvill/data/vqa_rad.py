@@ -79,6 +79,12 @@ class VQAItem:
     phrase_type: str
     split: str
 
+    @property
+    def cross_sectional(self) -> bool:
+        """VQA-RAD's head and abdominal images are CT or MR slices (its chest images are
+        radiographs): the image checks read them as such."""
+        return self.organ.upper() != "CHEST"
+
 
 def normalize_answer(answer: Any) -> str:
     """Answer text as used for the answer vocabulary: text, lower case, single spaces."""
