@@ -117,8 +117,9 @@ def _recorded_cache(path: Path, image_size: int) -> dict[str, Any] | None:
 
 def _training_root(directory: Path) -> str | None:
     """The data root of an older checkpoint's run (None: not recorded or no longer there)."""
-    root = training_root(directory)
-    if root is None and ((read_run_config(directory) or {}).get("data") or {}).get("root"):
+    run = read_run_config(directory)
+    root = training_root(directory, run)
+    if root is None and ((run or {}).get("data") or {}).get("root"):
         log.warning("%s has no %s and its training data is not here: cannot check whether training read a "
                     "prepared-image cache; using the default preprocessing", directory, INPUT_INFO)
     return root

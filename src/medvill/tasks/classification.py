@@ -37,7 +37,17 @@ from ..modeling.heads import MedViLLForClassification
 from .base import StepOutput, run_over
 from .common import binary_targets as binary_targets
 from .common import loader, record_dataset
-from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
+from .registry import (
+    EvalContext,
+    FitContext,
+    FitPlan,
+    ModelVariant,
+    TaskSpec,
+    on_cnn_transformer,
+    register_task,
+    scored,
+    tienet_head,
+)
 
 
 class ClassificationTask:
@@ -158,18 +168,14 @@ def _tienet_task(cfg: RunConfig | None, checkpoint: Path | None) -> Classificati
     return TieNetClassificationTask()
 
 
-def _tienet_head(task: Any, cfg: RunConfig, train: list) -> dict[str, Any]:
-    return {"hops": cfg.baseline.tienet_hops, "loss_weight": cfg.baseline.tienet_loss_weight}
-
-
+MEDVILL = ModelVariant(MedViLLForClassification, _make_task, fit_classification)
 SPEC = register_task(TaskSpec(
     name="classification",
-    medvill=ModelVariant(MedViLLForClassification, _make_task, fit_classification),
+    medvill=MEDVILL,
     examples=load_split,
     evaluate=evaluate_classification,
     baselines={
-        "cnn-transformer": ModelVariant(MedViLLForClassification, _make_task, fit_classification,
-                                        head=lambda task, cfg, train: {"trunk": "cnn_transformer"}),
-        "tienet": ModelVariant(TieNet, _tienet_task, fit_classification, head=_tienet_head),
+        "cnn-transformer": on_cnn_transformer(MEDVILL),
+        "tienet": ModelVariant(TieNet, _tienet_task, fit_classification, head=tienet_head),
     },
 ))

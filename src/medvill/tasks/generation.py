@@ -31,7 +31,16 @@ from ..modeling.heads import MedViLLForPretraining
 from ..tokenization import MedTokenizer
 from .base import StepOutput
 from .common import loader, record_dataset
-from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
+from .registry import (
+    EvalContext,
+    FitContext,
+    FitPlan,
+    ModelVariant,
+    TaskSpec,
+    register_task,
+    scored,
+    tienet_head,
+)
 
 
 class GenerationTask:
@@ -177,7 +186,5 @@ SPEC = register_task(TaskSpec(
     medvill=ModelVariant(MedViLLForPretraining, _make_task, fit_generation),
     examples=load_split,
     evaluate=evaluate_generation,
-    baselines={"tienet": ModelVariant(TieNet, _tienet_task, fit_tienet_generation,
-                                      head=lambda task, cfg, train: {"hops": cfg.baseline.tienet_hops,
-                                                                     "loss_weight": cfg.baseline.tienet_loss_weight})},
+    baselines={"tienet": ModelVariant(TieNet, _tienet_task, fit_tienet_generation, head=tienet_head)},
 ))

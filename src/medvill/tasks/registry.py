@@ -16,6 +16,7 @@ file that calls :func:`register_task` (tests/test_task_registry.py adds a toy ta
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,20 @@ class ModelVariant:
     make_task: Callable[[RunConfig | None, Path | None], Any]
     fit: Callable[[Any, FitContext], FitPlan]
     head: Callable[[Any, RunConfig, list], dict[str, Any]] = _no_head
+
+
+def on_cnn_transformer(variant: ModelVariant) -> ModelVariant:
+    """The same task model on the CNN & Transformer baseline's trunk (``--init cnn-transformer``)."""
+
+    def head(task: Any, cfg: RunConfig, train: list) -> dict[str, Any]:
+        return {**variant.head(task, cfg, train), "trunk": "cnn_transformer"}
+
+    return dataclasses.replace(variant, head=head)
+
+
+def tienet_head(task: Any, cfg: RunConfig, train: list) -> dict[str, Any]:
+    """TieNet's head settings (``baseline.tienet_*``), for every task TieNet has."""
+    return {"hops": cfg.baseline.tienet_hops, "loss_weight": cfg.baseline.tienet_loss_weight}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,16 @@ from ..modeling.heads import MedViLLForRetrieval
 from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
 from .common import loader
-from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
+from .registry import (
+    EvalContext,
+    FitContext,
+    FitPlan,
+    ModelVariant,
+    TaskSpec,
+    on_cnn_transformer,
+    register_task,
+    scored,
+)
 
 
 class RetrievalTask:
@@ -147,11 +156,11 @@ def _make_task(cfg: RunConfig | None, checkpoint: Path | None) -> RetrievalTask:
     return RetrievalTask()
 
 
+MEDVILL = ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval)
 SPEC = register_task(TaskSpec(
     name="retrieval",
-    medvill=ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval),
+    medvill=MEDVILL,
     examples=load_split,
     evaluate=evaluate_retrieval,
-    baselines={"cnn-transformer": ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval,
-                                               head=lambda task, cfg, train: {"trunk": "cnn_transformer"})},
+    baselines={"cnn-transformer": on_cnn_transformer(MEDVILL)},
 ))

@@ -29,7 +29,16 @@ from ..modeling.heads import MedViLLForVQA
 from ..tokenization import MedTokenizer
 from .base import StepOutput, run_over
 from .common import loader
-from .registry import EvalContext, FitContext, FitPlan, ModelVariant, TaskSpec, register_task, scored
+from .registry import (
+    EvalContext,
+    FitContext,
+    FitPlan,
+    ModelVariant,
+    TaskSpec,
+    on_cnn_transformer,
+    register_task,
+    scored,
+)
 
 
 def read_answers(path: Path) -> list[str]:
@@ -131,12 +140,11 @@ def _head(task: VQATask, cfg: RunConfig, train: list) -> dict[str, Any]:
     return {"num_answers": len(task.answers)}
 
 
+MEDVILL = ModelVariant(MedViLLForVQA, _make_task, fit_vqa, head=_head)
 SPEC = register_task(TaskSpec(
     name="vqa",
-    medvill=ModelVariant(MedViLLForVQA, _make_task, fit_vqa, head=_head),
+    medvill=MEDVILL,
     examples=load_vqa_split,
     evaluate=evaluate_vqa,
-    baselines={"cnn-transformer": ModelVariant(MedViLLForVQA, _make_task, fit_vqa,
-                                               head=lambda task, cfg, train: {**_head(task, cfg, train),
-                                                                              "trunk": "cnn_transformer"})},
+    baselines={"cnn-transformer": on_cnn_transformer(MEDVILL)},
 ))
