@@ -4,20 +4,21 @@ A saved model is a folder of ``config.json`` (architecture + model config) and
 ``model.safetensors`` (weights), with its tokenizer (``tokenizer.json``, ``vocab.txt``) and the
 sidecar files the run adds:
 
-======================  ==========================================================  ==============
-file                    what it holds                                               written by
-======================  ==========================================================  ==============
-``run_config.yaml``     the whole run configuration (preset, data, training)        every run
-``finetune.json``       ``{"task": ..., "init": ...}``: marks a fine-tuned model    ``finetune``
-``selection.json``      the validation step that chose the saved model              the loop
-``metrics.jsonl``       training and validation log, one JSON object a line         the loop
-``preprocess.json``     how training read its images (prepared-image cache or not)  every run
-``answers.json``        the VQA answer vocabulary                                   VQA
-``thresholds.json``     thresholds chosen on the validation split                   classification
-``metrics.json``        an evaluation's scores                                      ``evaluate``
-``image_warnings.txt``  the images the image checks flagged, and why                any run
-``checkpoints/``        training state for exact resume (``train/checkpoint.py``)   the loop
-======================  ==========================================================  ==============
+========================  ===========================================================  ===================
+file                      what it holds                                                written by
+========================  ===========================================================  ===================
+``run_config.yaml``       the whole run configuration (preset, data, training)         every run
+``finetune.json``         ``{"task": ..., "init": ...}``: marks a fine-tuned model     ``finetune``
+``selection.json``        the validation step that chose the saved model               the loop
+``metrics.jsonl``         training and validation log, one JSON object a line          the loop
+``preprocess.json``       how training read its images (prepared-image cache or not)   every run
+``answers.json``          the VQA answer vocabulary                                    VQA
+``thresholds.json``       thresholds chosen on the validation split                    classification
+``metrics.json``          an evaluation's scores                                       ``evaluate``
+``image_warnings.txt``    the images the image checks flagged, and why                 any run
+``import_official.json``  where imported official weights came from, tensor by tensor  ``import-official``
+``checkpoints/``          training state for exact resume (``train/checkpoint.py``)    the loop
+========================  ===========================================================  ===================
 
 :class:`CheckpointInfo` reads ``config.json``, ``finetune.json`` and ``run_config.yaml`` once,
 each checked with an error that names the file.  This module imports nothing of the model, the
@@ -52,10 +53,11 @@ THRESHOLDS_FILE = "thresholds.json"
 EVAL_METRICS = "metrics.json"
 CHECKPOINTS_DIR = "checkpoints"
 IMAGE_WARNINGS = "image_warnings.txt"
+IMPORT_INFO = "import_official.json"
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FILES)
 #: every file (and the training-state folder) a run of this project writes into its output folder
 RUN_FILES = (*MODEL_FILES, RUN_CONFIG, FINETUNE_INFO, SELECTION, METRICS_LOG, INPUT_INFO, ANSWERS_FILE,
-             THRESHOLDS_FILE, EVAL_METRICS, IMAGE_WARNINGS, CHECKPOINTS_DIR)
+             THRESHOLDS_FILE, EVAL_METRICS, IMAGE_WARNINGS, IMPORT_INFO, CHECKPOINTS_DIR)
 
 
 def read_json_file(path: str | Path, expect: type = dict) -> Any:

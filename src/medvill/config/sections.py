@@ -37,6 +37,8 @@ class ModelConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+    # the MLM head's LayerNorm (None = layer_norm_eps; the official MedViLL weights used 1e-5 there)
+    mlm_layer_norm_eps: float | None = None
     # attention kernel (same results, different speed; see medvill.modeling.encoder):
     # sdpa | eager (explicit softmax) | flex (FlexAttention block masks, skips fully masked blocks)
     attn_implementation: str = "sdpa"

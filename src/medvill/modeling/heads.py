@@ -26,7 +26,8 @@ class MLMTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.act = _activation(cfg.hidden_act)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        eps = cfg.layer_norm_eps if cfg.mlm_layer_norm_eps is None else cfg.mlm_layer_norm_eps
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.act(self.dense(x)))
