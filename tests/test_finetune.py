@@ -66,6 +66,23 @@ def test_evaluate_bootstrap_and_cli(synthetic_root, pretrained, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["auroc_micro"]["n"] == 5 and set(saved["auroc_micro"]) >= {"mean", "std", "n"}
+    assert "note:" not in result.output  # the same data as the fine-tuning
+    # evaluate reads a --config like finetune; data that differs from the fine-tuning run is said
+    (tmp_path / "eval.yaml").write_text("data:\n  section: impression\n")
+    result = CliRunner().invoke(app, ["evaluate", "classification", "--checkpoint", str(out), "--root",
+                                      str(synthetic_root), "--preset", "tiny", "--output", str(tmp_path / "ev2"),
+                                      "--bootstrap", "2", "--config", str(tmp_path / "eval.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned with data.section=longer; this evaluation reads data.section=impression" in \
+        " ".join(result.output.split())
+
+
+def test_the_config_files_data_set_is_not_overridden_by_the_flags_default(tmp_path):
+    """Without --dataset, the YAML's data.dataset holds (the flag's default replaced it before)."""
+    (tmp_path / "run.yaml").write_text("data:\n  dataset: mimic\n")
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(tmp_path / "run.yaml"), "--preset", "tiny",
+                                      "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--dataset mimic needs --root" in " ".join(result.output.split())
 
 
 def test_vqa_finetune_and_evaluate(synthetic_root, pretrained, tmp_path):

@@ -113,6 +113,21 @@ def test_openi_xml_loader_counts(tmp_path):
     # the same reports through the dispatcher
     assert [r.id for r in load_openi(OPENI, "validate", labels="none", check_images=False)] == \
         [r.id for r in per["validate"]]
+    impressions = {r.id: r.text for r in load_openi(OPENI, "validate", labels="none", check_images=False,
+                                                    section="impression")}
+    r = next(r for r in per["validate"] if r.impression and r.impression != r.text)
+    assert impressions[r.id] == r.impression
+
+
+def test_data_section_reaches_the_openi_loader(monkeypatch, tmp_path):
+    """``data.section`` was dropped on the way to Open-I's loader (the paper's "longer" always)."""
+    import medvill.data.openi as openi
+    from medvill.data.registry import load_records
+
+    seen = {}
+    monkeypatch.setattr(openi, "load_openi", lambda root, split, **kw: seen.update(kw) or [])
+    load_records("openi", tmp_path, "test", section="impression")
+    assert seen["section"] == "impression"
 
 
 @openi_tgz
@@ -229,6 +244,8 @@ def test_r2gen_annotation(tmp_path):
     assert len(train) == 2 and all(r.image.is_file() for r in train) and len(fake.calls) == 1
     assert skips.total == 1 and "contradicts key 'train'" in skips.examples[0]
     assert len(load_r2gen(tmp_path, "test", labels="none")) == 2  # the four-space key
+    with pytest.raises(ValueError, match="data.section=impression: Open-I's r2gen layout holds one report text"):
+        load_openi(tmp_path, "test", labels="none", section="impression")
     with pytest.raises(DataError, match=r"annotation\.json:'train'\[2\]: split field 'test'"):
         load_r2gen(tmp_path, "train", labels="none", policy="error")
 

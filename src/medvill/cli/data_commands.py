@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import app, console
-from .options import DatasetOpt, RootOpt, fail, setup_logging
+from .options import RootOpt, fail, setup_logging
 
 
 @app.command()
@@ -33,7 +33,8 @@ def synth(
 @app.command()
 def prepare(
     output: Annotated[Path, typer.Option("--output", help="cache folder to write (resumable)")],
-    dataset: DatasetOpt = "synthetic",
+    dataset: Annotated[str, typer.Option("--dataset", help="synthetic (built-in) | mimic | openi | jsonl | "
+                                         "vqa_rad")] = "synthetic",
     root: RootOpt = None,
     image_size: Annotated[int, typer.Option("--image-size", help="side of the cached images (paper: 512)")] = 512,
     workers: Annotated[int | None, typer.Option("--workers", help="processes (default: all CPUs)")] = None,

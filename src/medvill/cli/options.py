@@ -12,7 +12,8 @@ import typer
 
 from .app import console
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="synthetic (built-in) | mimic | openi | jsonl | vqa_rad")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="synthetic (built-in) | mimic | openi | jsonl | "
+                                                "vqa_rad (default: the --config file's data.dataset, else synthetic)")]
 RootOpt = Annotated[Path | None, typer.Option("--root", help="data set folder; synthetic without a root generates "
                                                "into a cache")]
 PresetOpt = Annotated[str, typer.Option("--preset", help="tiny | small | base (the paper)")]

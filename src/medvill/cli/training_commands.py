@@ -30,7 +30,7 @@ from .options import (
 @app.command()
 def pretrain(
     output: Annotated[Path, typer.Option("--output", help="checkpoint folder")],
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = None,
     root: RootOpt = None,
     preset: PresetOpt = "base",
     mask: Annotated[MaskScheme | None, typer.Option("--mask", help="attention mask scheme")] = None,
@@ -64,7 +64,7 @@ def finetune(
     init: Annotated[str, typer.Option("--init", help="pre-training checkpoint folder, 'scratch' (Fine-tuning Only), "
                                       "or a baseline: 'cnn-transformer' (classification, retrieval, vqa) or "
                                       "'tienet' (classification, generation)")] = "scratch",
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = None,
     root: RootOpt = None,
     preset: PresetOpt = "base",
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
@@ -94,11 +94,12 @@ def evaluate(
     task: Annotated[str, typer.Argument(help="classification | retrieval | vqa | generation")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="fine-tuned checkpoint folder")],
     output: Annotated[Path, typer.Option("--output", help="folder for metrics.json")],
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = None,
     root: RootOpt = None,
     split: Annotated[str, typer.Option("--split")] = "test",
     n_bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples (paper: 30)")] = 30,
     preset: PresetOpt = "base",
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -108,14 +109,14 @@ def evaluate(
     setup_logging()
     extra = cli_overrides(dataset, root)
     try:
-        cfg = load_config(preset, None, set_ or [], extra)
+        cfg = load_config(preset, config, set_ or [], extra)
         claim_output(output, overwrite=overwrite, evaluation=True)
-        metrics = run_evaluation(task, checkpoint, cfg, split=split, n_bootstrap=n_bootstrap)
+        metrics = run_evaluation(task, checkpoint, cfg, split=split, n_bootstrap=n_bootstrap, console=console)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise fail(exc) from None
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    table = Table(title=f"{task} on {dataset} {split} ({n_bootstrap} bootstrap resamples)")
+    table = Table(title=f"{task} on {cfg.data.dataset} {split} ({n_bootstrap} bootstrap resamples)")
     for col in ("metric", "mean", "std"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in metrics.items():

@@ -119,6 +119,11 @@ def load_openi(root: str | Path, split: str, *, layout: str = "auto", **kwargs: 
         return load_openi_xml(root, split, **kwargs)
     if layout == "csv":
         return load_openi_csv(root, split, **kwargs)
+    if layout in ("r2gen", "medvill"):  # one report text per study: no sections to choose from
+        section = kwargs.pop("section", "longer")
+        if section != "longer":
+            raise ValueError(f"data.section={section}: Open-I's {layout} layout holds one report text per study, "
+                             "not its sections; use the XML or CSV layout to choose a section")
     if layout == "r2gen":
         return load_r2gen(root, split, **kwargs)
     if root.is_dir() and not any(root.glob("*.jsonl")) and (root / "medvill_split").is_dir():

@@ -90,7 +90,7 @@ def load_records(dataset: str, root: str | Path | None, split: str, *, image_siz
     if dataset == "openi":
         from .openi import load_openi
 
-        return load_openi(root, split, policy=policy, skips=skips)
+        return load_openi(root, split, policy=policy, section=section, skips=skips)
     if dataset == "jsonl":
         from .jsonl import load_jsonl
 

@@ -9,18 +9,26 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint_files import read_checkpoint_config
+from rich.console import Console
+
+from ..checkpoint_files import CheckpointInfo, read_checkpoint_config
 from ..config import RunConfig
 from ..data.image_warnings import collected_image_warnings
 from ..modeling.baselines import TieNet
 from ..tasks.registry import EvalContext, task_spec
 from ..tokenization import MedTokenizer
 
+#: the data settings that decide which examples a task reads: an evaluation that reads others
+#: than the checkpoint was fine-tuned on is said so (it may be meant: a transfer test)
+EXAMPLE_SETTINGS = ("dataset", "vqa_organ", "section")
+
 
 def run_evaluation(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str = "test",
-                   n_bootstrap: int = 30, seed: int = 0) -> dict[str, dict[str, Any]]:
+                   n_bootstrap: int = 30, seed: int = 0, console: Console | None = None) -> dict[str, dict[str, Any]]:
     """``{metric: {"mean", "std", "n", "values", "full"}}`` over ``n_bootstrap`` resamples of
     ``split`` (``full``: on the whole split)."""
+    for note in data_differences(checkpoint, cfg):
+        (console or Console(stderr=True)).print(f"[yellow]note:[/yellow] {note}")
     with collected_image_warnings():
         return _evaluate(task_name, checkpoint, cfg, split, n_bootstrap, seed)
 
@@ -35,6 +43,18 @@ def _evaluate(task_name: str, checkpoint: str | Path, cfg: RunConfig, split: str
     cfg = dataclasses.replace(cfg, model=model.config)
     examples = spec.examples(cfg, split)
     return spec.evaluate(EvalContext(task, model, tokenizer, examples, cfg, Path(checkpoint), n_bootstrap, seed))
+
+
+def data_differences(checkpoint: str | Path, cfg: RunConfig) -> list[str]:
+    """The :data:`EXAMPLE_SETTINGS` where ``cfg`` differs from the checkpoint's fine-tuning run."""
+    trained = (CheckpointInfo.read(checkpoint).run_config or {}).get("data") or {}
+    notes = []
+    for key in EXAMPLE_SETTINGS:
+        if key in trained and trained[key] != getattr(cfg.data, key):
+            notes.append(f"{checkpoint} was fine-tuned with data.{key}={trained[key]}; this evaluation reads "
+                         f"data.{key}={getattr(cfg.data, key)} (--set data.{key}={trained[key]} to score it on "
+                         "what it learnt)")
+    return notes
 
 
 def baseline_of(checkpoint: str | Path) -> str | None:
