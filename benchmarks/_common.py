@@ -241,9 +241,11 @@ def bench_model_config(preset: str, attn: str = "sdpa"):
     return cfg, mcfg
 
 
-def random_pretrain_batch(mcfg, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_pretrain_batch(mcfg, batch_size: int, device: torch.device, seed: int = 0,
+                          contrastive: bool = False) -> dict[str, torch.Tensor]:
     """A pre-training batch of the model's full text length (every report max_text_len tokens:
-    the costliest case), 15 % MLM positions, half the pairs matched."""
+    the costliest case), 15 % MLM positions, half the pairs matched; ``contrastive``: with each
+    image's own report and a label-set id (what ``pretrain.itc_weight`` > 0 reads; 4 label sets)."""
     g = torch.Generator().manual_seed(seed)
     t = mcfg.max_text_len
     special = max(mcfg.pad_token_id, mcfg.unk_token_id, mcfg.cls_token_id, mcfg.sep_token_id, mcfg.mask_token_id)
@@ -262,6 +264,11 @@ def random_pretrain_batch(mcfg, batch_size: int, device: torch.device, seed: int
         "mlm_labels": labels,
         "is_matched": torch.arange(batch_size) % 2,
     }
+    if contrastive:
+        reports = torch.randint(special + 1, mcfg.vocab_size, (batch_size, t), generator=g)
+        reports[:, -1] = mcfg.sep_token_id
+        batch.update(report_ids=reports, report_valid=torch.ones(batch_size, t, dtype=torch.bool),
+                     label_group=torch.arange(batch_size) % 4)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -327,7 +334,9 @@ class TrainStep:
         self.preset, self.batch_size, self.device, self.amp, self.attn = preset, batch_size, device, amp, attn
         cfg, self.mcfg = bench_model_config(preset, attn)
         torch.manual_seed(seed)
-        self.model = MedViLLForPretraining(self.mcfg, load_pretrained_backbone=False).to(device).train()
+        itc_dim = cfg.pretrain.itc_dim if cfg.pretrain.itc_weight > 0 else 0  # as medvill pretrain builds it
+        self.model = MedViLLForPretraining(self.mcfg, load_pretrained_backbone=False,
+                                           contrastive_dim=itc_dim).to(device).train()
         if channels_last:
             from medvill.train.memory import apply_memory_options
 
@@ -336,7 +345,8 @@ class TrainStep:
         self.task = PretrainTask(cfg.pretrain, seed)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train), lr=cfg.train.lr)
         self.grad_clip = cfg.train.grad_clip
-        self.batch = random_pretrain_batch(self.mcfg, batch_size, device, seed)
+        self.batch = random_pretrain_batch(self.mcfg, batch_size, device, seed,
+                                           contrastive=cfg.pretrain.itc_weight > 0)
         k = cfg.pretrain.visual_tokens_sampled or self.mcfg.num_visual_tokens
         self.seq_len = k + 2 + self.mcfg.max_text_len  # CLS, k visual, SEP_V, reports with their SEP_L
         self.step = 0

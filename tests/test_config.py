@@ -38,6 +38,8 @@ def test_overrides_and_yaml(tmp_path):
     ("model.hidden_size=31", "divisible"),
     ("pretrain.visual_tokens_sampled=999", "visual_tokens_sampled"),
     ("train", "expected KEY=VALUE"),
+    ("eval.retrieval_protocol=,", "--set 'eval.retrieval_protocol=,': the value is not valid YAML"),
+    ("train.report_to=[tensorboard", "the value is not valid YAML"),
 ])
 def test_bad_keys_and_types_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

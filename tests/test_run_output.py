@@ -20,6 +20,7 @@ def _fake_finetuned(folder):
     (folder / "finetune.json").write_text(json.dumps({"task": "vqa", "init": "scratch"}))
     (folder / "answers.json").write_text("[]")
     (folder / "checkpoints" / "step-10").mkdir(parents=True)
+    (folder / "tracking" / "medvill").mkdir(parents=True)  # an experiment tracker's logs
     (folder / "notes.txt").write_text("mine")
     return folder
 

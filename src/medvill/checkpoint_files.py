@@ -17,6 +17,7 @@ file                      what it holds                                         
 ``metrics.json``          an evaluation's scores                                       ``evaluate``
 ``image_warnings.txt``    the images the image checks flagged, and why                 any run
 ``import_official.json``  where imported official weights came from, tensor by tensor  ``import-official``
+``tracking/``             experiment-tracker logs (TensorBoard, W&B, MLflow)           ``train.report_to``
 ``checkpoints/``          training state for exact resume (``train/checkpoint.py``)    the loop
 ========================  ===========================================================  ===================
 
@@ -54,10 +55,11 @@ EVAL_METRICS = "metrics.json"
 CHECKPOINTS_DIR = "checkpoints"
 IMAGE_WARNINGS = "image_warnings.txt"
 IMPORT_INFO = "import_official.json"
+TRACKING_DIR = "tracking"
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FILES)
 #: every file (and the training-state folder) a run of this project writes into its output folder
 RUN_FILES = (*MODEL_FILES, RUN_CONFIG, FINETUNE_INFO, SELECTION, METRICS_LOG, INPUT_INFO, ANSWERS_FILE,
-             THRESHOLDS_FILE, EVAL_METRICS, IMAGE_WARNINGS, IMPORT_INFO, CHECKPOINTS_DIR)
+             THRESHOLDS_FILE, EVAL_METRICS, IMAGE_WARNINGS, IMPORT_INFO, TRACKING_DIR, CHECKPOINTS_DIR)
 
 
 def read_json_file(path: str | Path, expect: type = dict) -> Any:

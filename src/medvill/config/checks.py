@@ -29,6 +29,15 @@ class MaskScheme(str, enum.Enum):
 
 BACKBONES = ("resnet50", "resnet101", "densenet121", "small_cnn")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex")
+#: experiment trackers ``train.report_to`` may name (several: a list or a comma-separated string)
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+def name_list(value: str | list[str]) -> tuple[str, ...]:
+    """The names of a key that takes one or several (``a,b`` or a YAML list), stripped and
+    lower-cased, in the order given; an empty item (``a,``) stays, for the key's check to refuse."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(n).strip().lower() for n in items)
 
 
 #: the range of every numeric key: (low, high, low inclusive, high inclusive); None = unbounded.
@@ -56,6 +65,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "finetune.backbone_lr": _GE0, "finetune.image_only_prob": _PROB,
     "eval.n_candidates": (2, None, True, True), "eval.max_queries": _GE1, "eval.seed": _GE0, "eval.num_beams": _GE1,
     "eval.max_length": _GE1, "eval.length_penalty": (None, None, True, True), "eval.no_repeat_ngram_size": _GE0,
+    "eval.rerank_k": _GE0,
     "baseline.tienet_loss_weight": _PROB, "baseline.tienet_hops": _GE1,
 }
 

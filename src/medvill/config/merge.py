@@ -25,7 +25,10 @@ def apply_override(cfg: Any, item: str) -> None:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
-    value: Any = yaml.safe_load(raw) if raw.strip() != "" else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     nested: Any = value
     for part in reversed(parts):
         nested = {part: nested}
@@ -55,6 +58,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` as the annotated type ``tp`` of config key ``key``, else a :class:`ConfigError`."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return _coerce_union(value, typing.get_args(tp), key)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _coerce_enum(value, tp, key)
     scalar = next((convert for t, convert in _SCALARS.items() if tp is t), None)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .checks import ATTN_IMPLEMENTATIONS, BACKBONES, ConfigError, MaskScheme, check_ranges
+from .checks import ATTN_IMPLEMENTATIONS, BACKBONES, TRACKERS, ConfigError, MaskScheme, check_ranges, name_list
 
 
 @dataclass
@@ -204,8 +204,20 @@ class TrainConfig:
     keep_checkpoints: int = 2  # complete training-state checkpoints kept, the newest (0 = keep all)
     resume: str | None = None  # auto (latest complete checkpoint in OUTPUT/checkpoints) or a checkpoint folder
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs (slower on GPUs)
+    # experiment trackers that get what metrics.jsonl gets (medvill.train.tracking; files in OUTPUT/tracking/):
+    # none | tensorboard | wandb | mlflow, several as a list or comma-separated (tensorboard,wandb)
+    report_to: str | list[str] = "none"
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """``report_to`` as tracker names, without ``none`` or repeats (empty: no tracker)."""
+        return tuple(dict.fromkeys(n for n in name_list(self.report_to) if n and n != "none"))
 
     def validate(self) -> None:
+        names = name_list(self.report_to)
+        if any(n not in ("none", *TRACKERS) for n in names) or ("none" in names and len(names) > 1):
+            raise ConfigError(f"train.report_to: {self.report_to!r} is not none or one or more of "
+                              f"{', '.join(TRACKERS)} (several: a list or comma-separated, e.g. tensorboard,wandb)")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16")
         if self.batchnorm not in ("batch", "sync", "frozen"):
@@ -257,9 +269,21 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.image_only_prob must lie in [0, 1], got {self.image_only_prob}")
 
 
+#: retrieval protocols (``eval.retrieval_protocol``): the paper's 100-candidate trials, the
+#: CheXpert 5x200 of ConVIRT / GLoRIA / MedCLIP / BenchX, and the whole test pool in two stages
+RETRIEVAL_PROTOCOLS = ("trials", "5x200", "full_pool")
+
+
 @dataclass
 class EvalConfig:
-    """Evaluation protocol settings (paper section IV)."""
+    """Evaluation protocol settings (paper section IV).
+
+    ``retrieval_protocol``: one or more of :data:`RETRIEVAL_PROTOCOLS`, a list or comma-separated
+    (``trials,5x200,full_pool``); one evaluation runs each and writes their metrics side by
+    side (:mod:`medvill.tasks.retrieval`).  ``rerank_k``: in ``5x200`` and ``full_pool``, the
+    candidates per query that the cheap unimodal-embedding similarity (stage 1) hands to the
+    fusion matching head (stage 2); 0 = exhaustive, the fusion head scores every pair.
+    """
 
     n_candidates: int = 100  # retrieval: candidates per trial (true partner + 99)
     max_queries: int | None = None  # retrieval: trials per direction (None = every test pair)
@@ -268,6 +292,28 @@ class EvalConfig:
     max_length: int | None = None  # generation: report tokens (None = model.max_text_len - 1)
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # retrieval: one or more of RETRIEVAL_PROTOCOLS, a list or comma-separated (trials,5x200,full_pool)
+    retrieval_protocol: str | list[str] = "trials"
+    rerank_k: int = 32  # retrieval 5x200 / full_pool: stage-1 candidates re-ranked per query (0 = exhaustive)
+
+    @property
+    def retrieval_protocols(self) -> tuple[str, ...]:
+        """The protocols of ``retrieval_protocol``, in the order given."""
+        return name_list(self.retrieval_protocol)
+
+    def validate(self) -> None:
+        names = self.retrieval_protocols
+        allowed = ", ".join(RETRIEVAL_PROTOCOLS)
+        if not any(names):
+            raise ConfigError(f"eval.retrieval_protocol is empty: give one or more of {allowed} "
+                              "(a list or comma-separated)")
+        unknown = [n for n in names if n not in RETRIEVAL_PROTOCOLS]
+        if unknown:
+            raise ConfigError(f"eval.retrieval_protocol: {', '.join(map(repr, unknown))} is not one of {allowed} "
+                              "(several: a list or comma-separated, e.g. trials,5x200)")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"eval.retrieval_protocol names {', '.join(twice)} more than once")
 
 
 @dataclass
@@ -315,6 +361,7 @@ class RunConfig:
         self.baseline.validate()
         self.pretrain.validate()
         self.finetune.validate()
+        self.eval.validate()
         from ..data.choices import POLICIES, SECTIONS  # imports nothing: no loader is loaded here
 
         choices = {"data.policy": (self.data.policy, POLICIES),

@@ -39,6 +39,7 @@ from ..modeling.pretrained import PreTrainedModel, checkpoint_model_config, read
 from ..tasks.registry import BUILTIN_TASKS, FitContext, task_spec
 from ..tokenization import MedTokenizer
 from ..train.loop import TrainResult, fit
+from ..train.tracking import check_available
 from .common import build_tokenizer, model_config_for
 
 #: the paper's four tasks (others may be registered: medvill.tasks.registry.task_names)
@@ -64,6 +65,7 @@ def run_finetuning(task_name: str, cfg: RunConfig, init: str, output_dir: str | 
 def _finetune(task_name: str, cfg: RunConfig, init: str, output_dir: str | Path,
               console: Console | None) -> FinetuneRun:
     console = console or Console()
+    check_available(cfg.train.trackers)  # a missing tracker package stops the run before any work
     output_dir = Path(output_dir)
     baseline = init if init in BASELINE_TASKS else None
     spec = task_spec(task_name)
@@ -111,5 +113,5 @@ def _finetune(task_name: str, cfg: RunConfig, init: str, output_dir: str | Path,
     console.print(f"fine-tuning {task_name} from {init} on {len(train_records)} {cfg.data.dataset} examples "
                   f"(validation {len(val_records)}) for {cfg.train.max_steps} steps")
     result = fit(model, task, plan.train_loader, cfg.train, output_dir, save, console=console, evaluate=plan.evaluate,
-                 select_metric=task.select_metric, select_mode=getattr(task, "select_mode", "max"))
+                 select_metric=task.select_metric, select_mode=getattr(task, "select_mode", "max"), run_config=cfg)
     return FinetuneRun(output_dir=output_dir, result=result, init=init)

@@ -20,6 +20,7 @@ from ..data.splits import data_loader, load_split
 from ..modeling.bert_init import load_bert_weights, resolve_bert_dir
 from ..modeling.heads import MedViLLForPretraining
 from ..train.loop import TrainResult, fit
+from ..train.tracking import check_available
 from .common import build_tokenizer, model_config_for
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def run_pretraining(cfg: RunConfig, output_dir: str | Path, console: Console | N
 
 def _pretrain(cfg: RunConfig, output_dir: str | Path, console: Console | None) -> PretrainRun:
     console = console or Console()
+    check_available(cfg.train.trackers)  # a missing tracker package stops the run before any work
     output_dir = Path(output_dir)
     records = load_split(cfg, cfg.data.train_split)
     bert_dir = resolve_bert_dir(cfg.init_text) if cfg.init_text else None
@@ -83,5 +85,5 @@ def _pretrain(cfg: RunConfig, output_dir: str | Path, console: Console | None) -
         f"({mcfg.backbone}, hidden {mcfg.hidden_size} x {mcfg.num_hidden_layers} layers) with mask "
         f"[bold]{p.mask.value}[/bold] on {len(dataset)} {cfg.data.dataset} pairs for {cfg.train.max_steps} steps"
     )
-    result = fit(model, task, loader, cfg.train, output_dir, save, console=console, evaluate=evaluate)
+    result = fit(model, task, loader, cfg.train, output_dir, save, console=console, evaluate=evaluate, run_config=cfg)
     return PretrainRun(output_dir=output_dir, result=result, model_config=mcfg, num_train=len(dataset))

@@ -13,7 +13,8 @@ whatever the number of processes), gradient clipping.
 ``batch_size x processes x grad_accum``.  Mixed precision (``train.mixed_precision``) is
 Accelerate's autocast; memory options are in :mod:`medvill.train.memory`; training-state
 checkpoints and exact resume (``train.checkpoint_every``, ``train.resume``) in
-:mod:`medvill.train.checkpoint`.
+:mod:`medvill.train.checkpoint`; experiment trackers (``train.report_to``: TensorBoard, W&B,
+MLflow, fed every ``metrics.jsonl`` line) in :mod:`medvill.train.tracking`.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, PartialState, is_initialized
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint_files import METRICS_LOG, SELECTION
-from ..config import ConfigError, TrainConfig
+from ..checkpoint_files import METRICS_LOG, SELECTION, TRACKING_DIR
+from ..config import ConfigError, RunConfig, TrainConfig
 from ..fileio import atomic_write_text
 from ..tasks.base import Task
 from .checkpoint import (
@@ -52,6 +53,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .memory import apply_memory_options
+from .tracking import RunTrackers, check_available
 
 
 @dataclass
@@ -72,21 +74,27 @@ class TrainResult:
         return vals[-1] if vals else None
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, output_dir: str | Path | None = None) -> Accelerator:
     """An Accelerator for ``cfg``.  The data order comes from Accelerate's seedable sampler
     (a function of ``train.seed`` and the epoch), which exact resume relies on.  Under several
     processes DDP looks for parameters without a gradient in each step: some tasks leave heads
     unused (report generation trains no matching head; a pre-training batch on one process may
-    hold no masked token), which plain DDP would reject."""
+    hold no masked token), which plain DDP would reject.  The trackers of ``train.report_to``
+    (``log_with``) write under ``output_dir/tracking`` (:mod:`medvill.train.tracking`)."""
     if is_initialized() and PartialState().num_processes == 1:
         # one process may train several models (the demo, tests) with other precision settings
         AcceleratorState._reset_state()
+    project = None
+    if output_dir is not None:
+        project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / TRACKING_DIR))
     return Accelerator(
         cpu=cfg.cpu or not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=list(cfg.trackers) or None,
+        project_config=project,
     )
 
 
@@ -174,6 +182,7 @@ def fit(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     select_metric: str | None = None,
     select_mode: str = "max",
+    run_config: RunConfig | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` for ``cfg.max_steps`` optimiser steps, then save.
 
@@ -194,13 +203,27 @@ def fit(
     Long runs: every ``cfg.checkpoint_every`` steps the whole training state goes into
     ``output_dir/checkpoints/step-N``; ``cfg.resume`` (``auto`` or a folder) continues from
     one, with the same batches, random numbers and log as if the run had not stopped.
+
+    Trackers: ``cfg.report_to`` names experiment trackers (:mod:`medvill.train.tracking`) that
+    receive every ``metrics.jsonl`` line and, once, ``run_config`` (the whole resolved run
+    configuration; without it, the ``train`` section).  A missing tracker package is a
+    :class:`~medvill.config.ConfigError` before any work; an ``accelerator`` passed in must then
+    come from :func:`make_accelerator` with ``output_dir``.
     """
     if select_mode not in ("max", "min"):
         raise ValueError(f"select_mode must be max or min, not {select_mode!r}")
+    check_available(cfg.trackers)
+    if accelerator is not None and cfg.trackers and not accelerator.log_with:
+        raise ValueError("train.report_to names trackers, but the accelerator passed to fit() has none: "
+                         "create it with make_accelerator(cfg, output_dir)")
     with deterministic_mode(cfg.deterministic):
-        run = _Run(model, task, train_loader, cfg, Path(output_dir), save_fn, accelerator or make_accelerator(cfg),
-                   console or Console(), evaluate, select_metric, select_mode)
-        return run.train()
+        run = _Run(model, task, train_loader, cfg, Path(output_dir), save_fn,
+                   accelerator or make_accelerator(cfg, output_dir), console or Console(), evaluate, select_metric,
+                   select_mode, run_config)
+        try:
+            return run.train()
+        finally:
+            run.trackers.finish()
 
 
 class _Run:
@@ -209,7 +232,7 @@ class _Run:
     def __init__(self, model: nn.Module, task: Task, loader: DataLoader, cfg: TrainConfig, output_dir: Path,
                  save_fn: Callable[[nn.Module, Path], None], accelerator: Accelerator, console: Console,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None, select_metric: str | None,
-                 select_mode: str):
+                 select_mode: str, run_config: RunConfig | None = None):
         self.task, self.cfg, self.output_dir, self.save_fn = task, cfg, output_dir, save_fn
         self.acc, self.console, self.evaluate, self.select_metric = accelerator, console, evaluate, select_metric
         self.select_mode = select_mode
@@ -224,6 +247,7 @@ class _Run:
         # not prepared: Accelerate would step a prepared scheduler once per process at every call
         # (num_processes steps per optimiser step); the schedule counts optimiser steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, cfg.max_steps))
+        self.lr_groups = _lr_groups(optimizer)
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.state = LoopState()
         self.resumed_from: Path | None = None
@@ -235,6 +259,12 @@ class _Run:
             output_dir.mkdir(parents=True, exist_ok=True)
             # the log as of the checkpoint (a fresh run starts an empty one): no step twice
             atomic_write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.state.log))
+        # after the resume: a resumed run logs from the checkpoint's next step on
+        self.trackers = RunTrackers(accelerator, cfg.trackers)
+        if cfg.trackers:
+            config = run_config.to_dict() if run_config is not None else {"train": dataclasses.asdict(cfg)}
+            text = run_config.to_yaml() if run_config is not None else ""
+            self.trackers.start(output_dir, config, first_step=self.state.step + 1, config_text=text)
         accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ resume
@@ -274,6 +304,7 @@ class _Run:
         if self.main:
             with self.log_path.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+            self.trackers.log(entry)  # the same line, the same step
 
     def _elapsed(self) -> float:
         return self.state.elapsed_s + time.perf_counter() - self.start
@@ -398,8 +429,11 @@ class _Run:
 
     def _log_train(self, progress: Progress, bar: Any) -> None:
         st, cfg = self.state, self.cfg
-        entry = {"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0],
-                 "elapsed_s": round(self._elapsed(), 3)}
+        lrs = self.scheduler.get_last_lr()
+        entry: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lrs[self.lr_groups.get("transformer", 0)]}
+        if len(self.lr_groups) > 1:  # the CNN backbone's own rate (train.backbone_lr) beside the rest
+            entry.update({f"lr/{name}": lrs[i] for name, i in self.lr_groups.items()})
+        entry["elapsed_s"] = round(self._elapsed(), 3)
         entry.update({k: v / st.count for k, v in st.sums.items()})
         entry = _gather_means(self.acc, entry)
         st.sums.clear()
@@ -412,11 +446,21 @@ class _Run:
                 self.console.print(f"step {st.step:>6}/{cfg.max_steps}  {info}  lr {entry['lr']:.2e}")
 
 
+def _lr_groups(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """``{kind: index of its first param group}`` for the kinds of :func:`param_groups`
+    (``backbone``, ``transformer``; the no-decay halves share their rate)."""
+    out: dict[str, int] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        out.setdefault(str(group.get("name", "transformer")).removesuffix("_no_decay"), i)
+    return out
+
+
 def _gather_means(accelerator: Accelerator, entry: dict[str, Any]) -> dict[str, Any]:
     """Average the logged metrics over processes (each process logs its own shard)."""
     if accelerator.num_processes == 1:
         return entry
-    keys = [k for k, v in entry.items() if isinstance(v, float) and k not in ("lr", "elapsed_s")]
+    keys = [k for k, v in entry.items()
+            if isinstance(v, float) and k not in ("lr", "elapsed_s") and not k.startswith("lr/")]
     vals = torch.tensor([entry[k] for k in keys], device=accelerator.device, dtype=torch.float64)
     vals = accelerator.reduce(vals, reduction="mean")
     out = dict(entry)
