@@ -16,7 +16,6 @@ unpickles tensors and plain containers and refuses anything else.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pickle
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from rich.console import Console
 
 from ..checkpoint_files import IMPORT_INFO, RUN_CONFIG, read_json_file
 from ..config import ConfigError, MaskScheme, ModelConfig, RunConfig, preset_config
+from ..fileio import sha256_file
 from ..modeling.bert_init import resolve_bert_dir
 from ..modeling.heads import MedViLLForPretraining
 from ..modeling.official import OFFICIAL_RELEASES, convert_official_state, official_model_config, scheme_notes
@@ -112,13 +112,6 @@ def official_tokenizer(source: Path, vocab: Path | None, vocab_size: int) -> Med
     return tok
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def import_official(source: str | Path, scheme: MaskScheme | str, output: str | Path, *,
                     image_size: int = 512, max_text_len: int | None = None, vocab: str | Path | None = None,
@@ -154,7 +147,7 @@ def import_official(source: str | Path, scheme: MaskScheme | str, output: str | 
     load_state_tied(model, conversion.state, source=str(weights))
     notes = scheme_notes(scheme)
     info = {
-        "source": str(weights), "sha256": _sha256(weights), "scheme": scheme.value,
+        "source": str(weights), "sha256": sha256_file(weights), "scheme": scheme.value,
         "release": OFFICIAL_RELEASES[scheme], **conversion.summary(), "notes": notes,
     }
     model.save_pretrained(output, tokenizer=tokenizer,

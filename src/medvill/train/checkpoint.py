@@ -26,7 +26,6 @@ unpickled).  Several nodes need a shared file system for the output folder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from torch import nn
 
 from ..checkpoint_files import CHECKPOINTS_DIR
 from ..config import ConfigError, TrainConfig
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, sha256_file
 from ..modeling.pretrained import PreTrainedModel, load_state_tied, unique_state_dict
 
 MANIFEST = "manifest.json"
@@ -91,14 +90,6 @@ class LoopState:
 
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / CHECKPOINTS_DIR
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -177,7 +168,7 @@ def save_training_state(
     if main:
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = {"format": FORMAT, "step": state.step,
-                    "files": {f: {"size": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
+                    "files": {f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files}}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         _fsync(tmp)
         old = root / f".{name}.old"
@@ -231,7 +222,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         size = f.stat().st_size
         if size != info.get("size"):
             raise CorruptCheckpoint(f"{f} has {size} bytes, the manifest says {info.get('size')}")
-        if _sha256(f) != info.get("sha256"):
+        if sha256_file(f) != info.get("sha256"):
             raise CorruptCheckpoint(f"{f} does not match its SHA-256 in the manifest")
     try:
         meta = json.loads((path / STATE).read_text(encoding="utf-8"))
