@@ -321,9 +321,11 @@ class TrainStepResult:
 
 class TrainStep:
     """One pre-training optimiser step as ``medvill pretrain`` takes it: PretrainTask's
-    MLM + IRM loss under the preset's mask (BAR; k of K visual tokens), backward, gradient
-    clipping, AdamW with the loop's parameter groups.  ``amp``: fp32 or bf16/fp16 autocast;
-    ``channels_last``: the loop's ``train.channels_last`` memory option for the CNN."""
+    MLM + IRM (+ ITC where the preset has it) loss under the preset's mask (BAR; k of K visual
+    tokens), backward, gradient clipping, the loop's AdamW (fused kernel, its parameter
+    groups).  A preset that learns its own vocabulary (tiny, small: the demo) has that
+    vocabulary's size, not BERT's.  ``amp``: fp32 or bf16/fp16 autocast; ``channels_last``:
+    the loop's ``train.channels_last`` memory option for the CNN (on where the preset sets it)."""
 
     def __init__(self, preset: str, batch_size: int, device: torch.device, amp: str = "fp32",
                  attn: str = "sdpa", seed: int = 0, channels_last: bool = False):
@@ -333,6 +335,10 @@ class TrainStep:
 
         self.preset, self.batch_size, self.device, self.amp, self.attn = preset, batch_size, device, amp, attn
         cfg, self.mcfg = bench_model_config(preset, attn)
+        if cfg.init_text is None and cfg.tokenizer.vocab is None:  # the vocabulary `medvill pretrain` learns
+            self.mcfg = dataclasses.replace(self.mcfg, vocab_size=cfg.tokenizer.vocab_size)
+        channels_last = channels_last or cfg.train.channels_last
+        self.channels_last = channels_last
         torch.manual_seed(seed)
         itc_dim = cfg.pretrain.itc_dim if cfg.pretrain.itc_weight > 0 else 0  # as medvill pretrain builds it
         self.model = MedViLLForPretraining(self.mcfg, load_pretrained_backbone=False,
@@ -343,7 +349,8 @@ class TrainStep:
             cfg.train.channels_last = True
             self.model = apply_memory_options(self.model, cfg.train, 1, device.type)
         self.task = PretrainTask(cfg.pretrain, seed)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train), lr=cfg.train.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train), lr=cfg.train.lr,
+                                           fused=True if device.type in ("cuda", "cpu") else None)  # as the loop
         self.grad_clip = cfg.train.grad_clip
         self.batch = random_pretrain_batch(self.mcfg, batch_size, device, seed,
                                            contrastive=cfg.pretrain.itc_weight > 0)
@@ -414,6 +421,6 @@ def measure_train_step(preset: str, batch_size: int, device: torch.device, amp: 
     return TrainStepResult(
         preset=preset, batch_size=batch_size, seq_len=step.seq_len, params_m=params, step_s=t,
         samples_per_s=batch_size / t, flops_per_step=flops, achieved_flops=flops / t,
-        peak_memory_bytes=mem.bytes, memory_method=mem.method, amp=amp, attn=attn, channels_last=channels_last,
+        peak_memory_bytes=mem.bytes, memory_method=mem.method, amp=amp, attn=attn, channels_last=step.channels_last,
         profile_table=table,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 SOURCES = {
     "generation_speedup_128": ("generation.json", "25", "needs the base preset and 128 new tokens"),
     "train_gemm_fraction_base": ("train.json", "0.60", "needs the base preset"),
+    "train_gemm_fraction_small": ("train.json", "0.40", "needs the small preset"),
     "loader_over_train": ("data.json", "2", ""),
 }
 

@@ -240,10 +240,10 @@ class _Run:
         self.main = accelerator.is_main_process
         set_seed(cfg.seed)
         model = apply_memory_options(model, cfg, accelerator.num_processes, accelerator.device.type)
-        # the fused kernel on GPUs: the unfused step was the largest single item of the base
-        # configuration's bf16 step on an H200 (BENCHMARKS.md)
+        # the fused kernel: the unfused step was the largest single item of the base configuration's
+        # bf16 step on an H200, and a tenth of the small preset's step on the CPU (BENCHMARKS.md)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
-                                      fused=True if accelerator.device.type == "cuda" else None)
+                                      fused=True if accelerator.device.type in ("cuda", "cpu") else None)
         # not prepared: Accelerate would step a prepared scheduler once per process at every call
         # (num_processes steps per optimiser step); the schedule counts optimiser steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, cfg.max_steps))
