@@ -163,3 +163,41 @@ def test_generation_finetune_selects_on_perplexity_and_evaluates_free_running(sy
     assert metrics["perplexity"]["full"] > 1.0
     samples = metrics["examples"]["samples"]
     assert samples and all(len(s["generated"].split()) <= 12 for s in samples)
+
+
+def test_retrieval_keeps_the_contrastive_projections_and_scores_with_them(synthetic_root, tmp_path):
+    """finetune.retrieval_itc_weight: the pre-training's contrastive projections carry over, train
+    with their loss, and a pair's score adds their logit to the matching logit."""
+    from medvill.data.splits import load_split
+    from medvill.modeling.heads import MedViLLForRetrieval
+    from medvill.tasks.retrieval import PairScorer
+    from medvill.tokenization import MedTokenizer
+
+    itc = ("pretrain.itc_weight=1.0", "pretrain.itc_dim=16", "pretrain.itc_temperature=0.05")
+    pre_dir = tmp_path / "pre"
+    run_pretraining(cfg_for(synthetic_root, 2, *itc), pre_dir)
+    out = tmp_path / "ret"
+    run = run_finetuning("retrieval", cfg_for(synthetic_root, 4, *itc, "finetune.retrieval_itc_weight=1.0"),
+                         str(pre_dir), out)
+    assert all("itc_loss" in e for e in run.result.history if "loss" in e)
+    model = MedViLLForRetrieval.from_pretrained(out).eval()
+    assert (model.contrastive_dim, model.itc_temperature) == (16, 0.05)
+    pre = MedViLLForPretraining.from_pretrained(pre_dir)
+    assert model.itc_text_proj.weight.shape == pre.itc_text_proj.weight.shape
+    assert not torch.equal(model.itc_text_proj.weight, pre.itc_text_proj.weight)  # trained further, from pre's
+    # a pair's score = matching logit + cosine / temperature
+    records = load_split(cfg_for(synthetic_root, 0), "test")[:6]
+    scorer = PairScorer(model, records, MedTokenizer.from_pretrained(out), model.config.image_size,
+                        model.config.max_text_len)
+    pairs = [(0, 0), (0, 3), (4, 1)]
+    with torch.no_grad():
+        ids, valid = scorer.reports([j for _, j in pairs])
+        feats = scorer.features[[i for i, _ in pairs]]
+        matching = model(ids, valid, visual_features=feats).logits
+        image, report = model.contrastive_embeddings(ids, valid, feats)
+    expected = matching + (image * report).sum(-1) / 0.05
+    assert torch.allclose(torch.tensor(scorer.scores(pairs), dtype=torch.float32), expected, atol=1e-3)
+    # without the option the model and its scores are the paper's: matching only
+    plain = tmp_path / "plain"
+    run_finetuning("retrieval", cfg_for(synthetic_root, 2, *itc), str(pre_dir), plain)
+    assert MedViLLForRetrieval.from_pretrained(plain).contrastive_dim == 0

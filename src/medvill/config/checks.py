@@ -62,7 +62,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.seed": _GE0, "train.log_every": _GE1, "train.save_every": _GE0, "train.eval_every": _GE0,
     "train.early_stopping_patience": _GE0, "train.length_grouping": _GE0, "train.checkpoint_every": _GE0,
     "train.keep_checkpoints": _GE0,
-    "finetune.backbone_lr": _GE0, "finetune.image_only_prob": _PROB,
+    "finetune.backbone_lr": _GE0, "finetune.image_only_prob": _PROB, "finetune.retrieval_itc_weight": _GE0,
     "eval.n_candidates": (2, None, True, True), "eval.max_queries": _GE1, "eval.seed": _GE0, "eval.num_beams": _GE1,
     "eval.max_length": _GE1, "eval.length_penalty": (None, None, True, True), "eval.no_repeat_ngram_size": _GE0,
     "eval.rerank_k": _GE0,

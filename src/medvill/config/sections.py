@@ -261,6 +261,10 @@ class FinetuneConfig:
     generation_objective: str = "full"
     image_only_prob: float = 0.0
     backbone_lr: float | None = None
+    # retrieval, beyond the paper (0 = off): keep the pre-training's contrastive projections, add
+    # their label-aware loss at this weight, and score a pair by matching + contrastive logit
+    # (medvill.modeling.heads.MedViLLForRetrieval; needs MedViLL's trunk)
+    retrieval_itc_weight: float = 0.0
 
     def validate(self) -> None:
         if self.generation_objective not in ("full", "mlm"):

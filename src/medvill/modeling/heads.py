@@ -62,6 +62,18 @@ class PretrainOutput:
     hard_negatives: int = 0  # mismatched pairs whose report was replaced by a sampled hard negative
 
 
+def contrastive_embeddings(trunk: MedViLLModel, image_proj: nn.Linear, text_proj: nn.Linear, report_ids: torch.Tensor,
+                           report_valid: torch.Tensor, visual_features: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unimodal summaries, projected and L2-normalised: the image's from the mean of its CNN
+    features, the report's from CLS_L of a Non-crossing pass over the report alone."""
+    image = F.normalize(image_proj(visual_features.mean(dim=1)).float(), dim=-1)
+    no_visual = visual_features[:, :0]  # (B, 0, C): the report pass needs no visual token
+    out = trunk(report_ids, report_valid, MaskScheme.NON_CROSSING, visual_features=no_visual)
+    report = F.normalize(text_proj(out.last_hidden_state[:, out.layout.cls_l_index]).float(), dim=-1)
+    return image, report
+
+
 @register
 class MedViLLForPretraining(PreTrainedModel):
     """MedViLL with the masked-language-modelling and image-report-matching heads.
@@ -102,11 +114,8 @@ class MedViLLForPretraining(PreTrainedModel):
         """
         if not self.contrastive_dim:
             raise ValueError("this model has no contrastive projections (built with contrastive_dim=0)")
-        image = F.normalize(self.itc_image_proj(visual_features.mean(dim=1)).float(), dim=-1)
-        no_visual = visual_features[:, :0]  # (B, 0, C): the report pass needs no visual token
-        out = self.medvill(report_ids, report_valid, MaskScheme.NON_CROSSING, visual_features=no_visual)
-        report = F.normalize(self.itc_text_proj(out.last_hidden_state[:, out.layout.cls_l_index]).float(), dim=-1)
-        return image, report
+        return contrastive_embeddings(self.medvill, self.itc_image_proj, self.itc_text_proj, report_ids, report_valid,
+                                      visual_features)
 
     def sequence_logprobs(self, text_ids: torch.Tensor, text_valid: torch.Tensor,
                           visual_features: torch.Tensor) -> torch.Tensor:
@@ -240,6 +249,7 @@ def _swap_in_hard_negatives(similarity: torch.Tensor, groups: torch.Tensor, is_m
 class TaskOutput:
     logits: torch.Tensor  # (B, L) classification / VQA, or (B,) matching
     base: MedViLLOutput | CNNTransformerOutput
+    contrastive: tuple[torch.Tensor, torch.Tensor] | None = None  # retrieval with report_ids: (image, report) (B, E)
 
 
 #: trunks a task model can sit on: MedViLL, or the CNN & Transformer baseline (modeling/baselines.py)
@@ -317,17 +327,57 @@ class MedViLLForClassification(_PooledTaskModel):
 
 @register
 class MedViLLForRetrieval(_PooledTaskModel):
-    """Image-report matching score on CLS (initialised from the pre-training IRM head)."""
+    """Image-report matching score on CLS (initialised from the pre-training IRM head).
 
-    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, trunk: str = "medvill"):
+    ``contrastive_dim`` > 0 (``finetune.retrieval_itc_weight``, beyond the paper) keeps the
+    pre-training's contrastive projections (same names, so they are initialised from it) and
+    their loss in fine-tuning; a pair's retrieval score is then the matching logit plus the
+    contrastive logit, cosine similarity / ``itc_temperature``
+    (:class:`medvill.tasks.retrieval.PairScorer`).
+    """
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, trunk: str = "medvill",
+                 contrastive_dim: int = 0, itc_temperature: float = 0.1):
         super().__init__(config, load_pretrained_backbone, trunk)
         self.irm_head = nn.Linear(config.hidden_size, 1)
-        self.irm_head.apply(lambda m: init_bert_weights(m, config.initializer_range))
+        heads: list[nn.Module] = [self.irm_head]
+        if contrastive_dim and trunk != "medvill":
+            raise ValueError("contrastive projections need MedViLL's trunk (its Non-crossing report pass)")
+        self.contrastive_dim, self.itc_temperature = contrastive_dim, itc_temperature
+        if contrastive_dim:
+            self.itc_image_proj = nn.Linear(self.medvill.visual.out_channels, contrastive_dim)
+            self.itc_text_proj = nn.Linear(config.hidden_size, contrastive_dim)
+            heads += [self.itc_image_proj, self.itc_text_proj]
+        for module in heads:
+            module.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def head_config(self) -> dict:
+        extra = {"contrastive_dim": self.contrastive_dim, "itc_temperature": self.itc_temperature}
+        return {**super().head_config(), **(extra if self.contrastive_dim else {})}
+
+    def contrastive_embeddings(self, report_ids: torch.Tensor, report_valid: torch.Tensor,
+                               visual_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`MedViLLForPretraining.contrastive_embeddings` (needs ``contrastive_dim`` > 0)."""
+        if not self.contrastive_dim:
+            raise ValueError("this model has no contrastive projections (built with contrastive_dim=0)")
+        return contrastive_embeddings(self.medvill, self.itc_image_proj, self.itc_text_proj, report_ids, report_valid,
+                                      visual_features)
 
     def forward(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
-                visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI) -> TaskOutput:
+                visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI,
+                report_ids: torch.Tensor | None = None, report_valid: torch.Tensor | None = None) -> TaskOutput:
+        """Matching logits; with ``report_ids`` (each image's own report) also the contrastive
+        embeddings of the images and those reports, from the same CNN pass."""
+        if report_ids is not None and visual_features is None:
+            if images is None:
+                raise ValueError("pass images or visual_features")
+            visual_features = self.body.encode_image(images)
         pooled, out = self.pooled(text_ids, text_valid, images, visual_features, scheme)
-        return TaskOutput(self.irm_head(pooled).squeeze(-1), out)
+        contrastive = None
+        if report_ids is not None:
+            assert report_valid is not None and visual_features is not None
+            contrastive = self.contrastive_embeddings(report_ids, report_valid, visual_features)
+        return TaskOutput(self.irm_head(pooled).squeeze(-1), out, contrastive)
 
 
 @register

@@ -71,6 +71,7 @@ from ..metrics.retrieval import (
     select_5x200,
     stage1_order,
 )
+from ..modeling.contrastive import label_aware_itc_loss
 from ..modeling.heads import MedViLLForRetrieval
 from ..modeling.medvill import MedViLLModel
 from ..tokenization import MedTokenizer
@@ -91,13 +92,28 @@ log = logging.getLogger(__name__)
 
 
 class RetrievalTask:
+    """``itc_weight`` > 0 (``finetune.retrieval_itc_weight``): the model keeps contrastive
+    projections and the loss adds their label-aware contrastive loss on the batch's images and
+    their own reports (as in pre-training) to the matching loss."""
+
     name = "retrieval"
     select_metric = "match_auroc"
 
+    def __init__(self, itc_weight: float = 0.0, itc_temperature: float = 0.1):
+        self.itc_weight, self.itc_temperature = itc_weight, itc_temperature
+
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> StepOutput:
-        logits = model(batch["text_ids"], batch["text_valid"], images=batch["images"]).logits
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["is_matched"].float())
-        return StepOutput(loss=loss, metrics={"match_bce": loss.item()})
+        if not self.itc_weight:
+            logits = model(batch["text_ids"], batch["text_valid"], images=batch["images"]).logits
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["is_matched"].float())
+            return StepOutput(loss=loss, metrics={"match_bce": loss.item()})
+        # through forward (a DDP-wrapped model exposes nothing else): one CNN pass for both losses
+        out = model(batch["text_ids"], batch["text_valid"], images=batch["images"], report_ids=batch["report_ids"],
+                    report_valid=batch["report_valid"])
+        bce = F.binary_cross_entropy_with_logits(out.logits.float(), batch["is_matched"].float())
+        image, report = out.contrastive
+        itc = label_aware_itc_loss(image @ report.T / self.itc_temperature, batch["label_group"])
+        return StepOutput(loss=bce + self.itc_weight * itc, metrics={"match_bce": bce.item(), "itc_loss": itc.item()})
 
     def match_auroc(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         scores, labels = run_over(model, loader, lambda logits: logits, "is_matched")
@@ -125,6 +141,18 @@ class PairScorer:
         self.features = torch.cat(feats)  # (N, K, C)
         self.cache: dict[tuple[int, int], float] = {}
         self.cnn_passes = len(records)
+        # a model with contrastive projections adds their logit to the matching logit
+        self.contrastive: np.ndarray | None = None  # (N images, N reports) cosine / temperature
+
+    def contrastive_logits(self) -> np.ndarray | None:
+        """``(N, N)`` contrastive logits of every (image, report) of the pool (None: the model
+        has no contrastive projections); one embedding per image and per report."""
+        if not getattr(self.model, "contrastive_dim", 0):
+            return None
+        if self.contrastive is None:
+            images, reports = UnimodalEmbeddings(self).summaries()
+            self.contrastive = (images @ reports.T).numpy() / self.model.itc_temperature
+        return self.contrastive
 
     @torch.no_grad()
     def scores(self, pairs: list[tuple[int, int]], by_length: bool = False) -> np.ndarray:
@@ -141,7 +169,12 @@ class PairScorer:
             feats = self.features[torch.tensor([i for i, _ in chunk], device=self.device)]
             out = self.model(ids, valid, visual_features=feats).logits.float().cpu().tolist()
             self.cache.update(zip(chunk, out, strict=True))
-        return np.array([self.cache[p] for p in pairs])
+        scores = np.array([self.cache[p] for p in pairs])
+        contrastive = self.contrastive_logits()
+        if contrastive is not None and pairs:
+            rows, cols = np.array(pairs).T
+            scores = scores + contrastive[rows, cols]
+        return scores
 
     def reports(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reports' token ids, padded, and their validity mask: ``(B, T)`` each, on the device."""
@@ -173,13 +206,14 @@ class UnimodalEmbeddings:
     * ``pooled_cosine`` (the CNN & Transformer baseline, whose fusion does not factorise):
       cosine similarity of its image and text encoders' pooled outputs, centred.
 
-    The retrieval model carries no contrastive projections (fine-tuning copies the trunk and
-    the matching head from pre-training), so it gets ``non_crossing``.
+    A retrieval model fine-tuned with ``finetune.retrieval_itc_weight`` > 0 keeps the
+    pre-training's projections and gets ``itc``; one fine-tuned as the paper does (matching
+    only) gets ``non_crossing``.
     """
 
     def __init__(self, scorer: PairScorer):
         self.scorer = scorer
-        self.kind = ("itc" if hasattr(scorer.model, "contrastive_embeddings")
+        self.kind = ("itc" if getattr(scorer.model, "contrastive_dim", 0)
                      else "non_crossing" if isinstance(scorer.model.body, MedViLLModel) else "pooled_cosine")
         self.images: torch.Tensor | None = None  # (N, E)
         self.reports: torch.Tensor | None = None  # (N, E)
@@ -198,7 +232,7 @@ class UnimodalEmbeddings:
             feats = sc.features[start : rows[-1] + 1]  # (B, K, C)
             ids, valid = sc.reports(rows)
             if self.kind == "itc":
-                embed: Callable[..., tuple[torch.Tensor, torch.Tensor]] = model.contrastive_embeddings  # type: ignore[assignment]
+                embed: Callable[..., tuple[torch.Tensor, torch.Tensor]] = model.contrastive_embeddings
                 image, report = embed(ids, valid, feats)
             elif isinstance(body, MedViLLModel):
                 sep = torch.full((len(rows), 1), body.config.sep_token_id, device=sc.device)
@@ -406,7 +440,8 @@ def fit_retrieval(task: RetrievalTask, ctx: FitContext) -> FitPlan:
     mcfg, tok, cfg = ctx.model_config, ctx.tokenizer, ctx.cfg
 
     def pairs(records: list[Record], train: bool) -> DataLoader:
-        ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed)
+        ds = ReportPairDataset(records, tok, mcfg.image_size, mcfg.max_text_len, mlm=None, seed=cfg.train.seed,
+                               contrastive=train and task.itc_weight > 0)
         return loader(ds, cfg, tok, train=train, collate=ReportPairCollator(tok.pad_id))
 
     train_loader, val_loader = pairs(ctx.train, True), pairs(ctx.validation, False)
@@ -446,14 +481,29 @@ def evaluate_retrieval(ctx: EvalContext) -> dict[str, dict[str, Any]]:
 
 
 def _make_task(cfg: RunConfig | None, checkpoint: Path | None) -> RetrievalTask:
-    return RetrievalTask()
+    if cfg is None:  # evaluation: the checkpoint's model says how it scores
+        return RetrievalTask()
+    return RetrievalTask(cfg.finetune.retrieval_itc_weight, cfg.pretrain.itc_temperature)
 
 
-MEDVILL = ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval)
+def _contrastive_head(task: RetrievalTask, cfg: RunConfig, train: list) -> dict[str, Any]:
+    """The contrastive projections' size and temperature are pre-training's (``pretrain.itc_*``),
+    so that a pre-trained model's projections carry over."""
+    if not task.itc_weight:
+        return {}
+    return {"contrastive_dim": cfg.pretrain.itc_dim, "itc_temperature": cfg.pretrain.itc_temperature}
+
+
+def _baseline_task(cfg: RunConfig | None, checkpoint: Path | None) -> RetrievalTask:
+    return RetrievalTask()  # the CNN & Transformer trunk has no Non-crossing report pass: matching only
+
+
+MEDVILL = ModelVariant(MedViLLForRetrieval, _make_task, fit_retrieval, head=_contrastive_head)
 SPEC = register_task(TaskSpec(
     name="retrieval",
     medvill=MEDVILL,
     examples=load_split,
     evaluate=evaluate_retrieval,
-    baselines={"cnn-transformer": on_cnn_transformer(MEDVILL)},
+    baselines={"cnn-transformer": on_cnn_transformer(ModelVariant(MedViLLForRetrieval, _baseline_task,
+                                                                  fit_retrieval))},
 ))
