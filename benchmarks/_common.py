@@ -32,12 +32,6 @@ from rich.table import Table
 
 console = Console(width=140)
 
-SUMMARY_TARGETS = {
-    "generation_speedup_128": 25.0,
-    "train_gemm_fraction_base": 0.60,
-    "loader_over_train": 2.0,
-}
-
 
 # ------------------------------------------------------------------------------------ machine
 
@@ -222,6 +216,20 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     reps = 1 if device.type == "cpu" else 10  # a GPU product is too short to time alone
     t = best_time(lambda: [torch.mm(a, b, out=out) for _ in range(reps)], device, repeats)
     return 2.0 * n**3 * reps / t
+
+
+def memory_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> tuple[float, float]:
+    """``(copy, read)`` bytes/s of this machine's memory, best of ``repeats`` after a warm-up:
+    ``copy`` = bytes read + bytes written by ``dst.copy_(src)`` of a ``mib`` MiB fp32 tensor
+    (STREAM's copy convention), ``read`` = bytes of the same tensor summed (reads only).  Far
+    larger than any cache, so they are what streaming weights from memory can reach."""
+    n = mib * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: pages touched
+    copy = best_time(lambda: dst.copy_(src), device, repeats)
+    read = best_time(lambda: src.sum(), device, repeats)
+    return 2 * src.nbytes / copy, src.nbytes / read
 
 
 # ------------------------------------------------------------------------------------ train step

@@ -69,11 +69,13 @@ def test_peak_memory_sees_a_large_allocation():
 
 def test_summary_lines(tmp_path):
     summarize = load("summarize")
-    (tmp_path / "generation.json").write_text(json.dumps({"summary": {"generation_speedup_128": 31.25}}))
+    (tmp_path / "generation.json").write_text(json.dumps({"summary": {
+        "generation_speedup_128": 31.25, "generation_speedup_128_weights": "int8", "decode_fraction_of_bound": None}}))
     (tmp_path / "train.json").write_text(json.dumps({"device": "cpu", "summary": {"train_gemm_fraction_base": None}}))
     lines = summarize.summary_lines(tmp_path)
     assert lines == [
-        "generation_speedup_128: 31.2 (target 25)",
+        "generation_speedup_128: 31.2 (target 25; int8 weights)",
+        "decode_fraction_of_bound: not measured (needs the base preset and 128 new tokens) (target 0.8)",
         "train_gemm_fraction_base: not measured (needs the base preset) (target 0.60)",
         "train_gemm_fraction_small: not measured (needs the small preset) (target 0.40)",
         f"loader_over_train: not measured ({tmp_path / 'data.json'} not found) (target 2)",
@@ -86,9 +88,35 @@ def test_generation_benchmark_quick(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [r["new_tokens"] for r in data["results"]] == [4, 8]
     assert all(r["identical_tokens"] and r["speedup"] > 0 for r in data["results"])
-    assert data["summary"] == {"generation_speedup_128": None}  # tiny preset: not the target's configuration
+    # the bound: bytes per step (weights + keys/values) over the measured bandwidth, per weight format
+    bound = {b["weights"]: b for b in data["bound"]}
+    assert set(bound) == {"fp32", "bf16", "int8"} and data["copy_bandwidth_bytes_per_s"] > 1e8
+    assert bound["int8"]["weight_bytes_per_step"] < 0.5 * bound["fp32"]["weight_bytes_per_step"]
+    assert all(0 < b["fraction_of_bound"] and b["kv_bytes_per_step"] > 0 for b in bound.values())
+    assert bound["fp32"]["same_tokens_as_fp32"] == "identical"
+    # batches: reports/s per batch size; fp32 batches equal the same images one at a time (asserted inside)
+    fp32 = [b for b in data["batches"] if b["weights"] == "fp32"]
+    assert [b["batch_size"] for b in fp32] == [1, 2, 4] and all(b["reports_per_s"] > 0 for b in fp32)
+    assert [b["same_as_smaller_batches"] for b in fp32] == ["reference", "identical", "identical"]
+    assert data["summary"] == {"generation_speedup_128": None, "generation_speedup_128_weights": "int8",
+                               "generation_speedup_128_fp32": None, "decode_fraction_of_bound": None}
     text = capsys.readouterr().out
     assert "machine:" in text and "command: python benchmarks/bench_generation.py --quick" in text
+    assert "decode_fraction_of_bound: not measured" in text
+
+
+def test_generation_weights_benchmark_on_a_trained_checkpoint(tiny_demo_dir, tmp_path):
+    """The agreement script: fp32 batches identical (asserted inside), metrics per format."""
+    out = tmp_path / "weights.json"
+    ckpt = tiny_demo_dir / "finetune" / "generation-MedViLL-BAR"
+    args = ["--checkpoint", str(ckpt), "--limit", "6", "--batch-sizes", "1", "4", "--bootstrap", "3",
+            "--json", str(out)]
+    assert load("bench_generation_weights").main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["examples"] == 6 and set(data["formats"]) == {"fp32", "bf16", "int8"}
+    assert data["formats"]["fp32"]["identical_reports_vs_fp32"] == 1.0
+    assert all(set(f["metrics"]) == {"bleu4", "ce_f1", "perplexity"} for f in data["formats"].values())
+    assert [s["same_as_batch_1"] for s in data["speed"] if s["weights"] == "fp32"] == [1.0, 1.0]
 
 
 @pytest.mark.slow

@@ -254,6 +254,38 @@ def test_generate_command(tiny_demo_dir, records, tmp_path):
     assert bad.exit_code == 2 and "no generation checkpoint" in bad.output
 
 
+def test_smaller_weights_in_the_pipeline_and_the_command(tiny_demo_dir, records, tmp_path):
+    """weights='int8' / 'bf16' convert every loaded model; generation still gives reports and
+    classification stays close to fp32; bad values and int8 on a GPU are refused up front."""
+    from medvill.modeling.weights import Bf16Linear
+
+    images = [r.image for r in records[:3]]
+    fp32 = Pipeline.from_pretrained(tiny_demo_dir, device="cpu")
+    ref = fp32.classify(images[0], records[0].text)
+    for weights in ("bf16", "int8"):
+        low = Pipeline.from_pretrained(tiny_demo_dir, device="cpu", weights=weights)
+        assert low.weights == weights
+        reports = low.generate(images, max_length=5)
+        assert len(reports) == 3 and all(isinstance(r, str) for r in reports)
+        query = low._get("generation").model.medvill.encoder.layer[0].attention.self.query
+        assert isinstance(query, Bf16Linear if weights == "bf16" else torch.ao.nn.quantized.dynamic.Linear)
+        probs = low.classify(images[0], records[0].text)
+        assert max(abs(probs[k] - ref[k]) for k in ref) < 0.05
+    with pytest.raises(ValueError, match="weights must be one of fp32, bf16, int8"):
+        Pipeline.from_pretrained(tiny_demo_dir, device="cpu", weights="fp16")
+    with pytest.raises(ValueError, match="CPU only"):
+        Pipeline.from_pretrained(tiny_demo_dir, device="cuda", weights="int8")
+    with pytest.raises(ValueError, match="CPU only"):
+        Pipeline.from_pretrained(tiny_demo_dir, device="cpu", weights="int8").to("cuda")
+    out = tmp_path / "reports.jsonl"
+    args = ["generate", str(images[0]), "--checkpoint", str(tiny_demo_dir), "--max-length", "5", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--weights", "int8", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["report"]
+    bad = CliRunner().invoke(app, [*args, "--weights", "int4"])
+    assert bad.exit_code == 2 and "weights must be one of fp32, bf16, int8" in bad.output
+
+
 def test_classify_gives_the_evaluation_probabilities(pipe, records):
     """The Pipeline (its own batching, preprocessing and tokenisation) reproduces what the
     evaluation loop computes on the same test split."""

@@ -248,6 +248,22 @@ def test_serve_command_reports_bad_checkpoints(tmp_path):
     assert result.exit_code == 2 and "checkpoint folder not found" in result.output
     result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--pool-size", "0"])
     assert result.exit_code == 2 and "pool_size must be >= 1" in result.output
+    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--weights", "int4"])
+    assert result.exit_code == 2 and "weights must be one of fp32, bf16, int8" in result.output
+    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--weights", "int8",
+                                          "--device", "cuda"])
+    assert result.exit_code == 2 and "CPU only" in result.output
+
+
+def test_serve_weights_setting(tiny_demo_dir, sample):
+    """ServeConfig(weights=...) reaches the pipeline; the page is told which weights run."""
+    svc = DemoService(ServeConfig(tiny_demo_dir, device="cpu", weights="int8"))
+    try:
+        assert svc.pipe.weights == "int8" and svc.info()["weights"] == "int8"
+        upload = svc.add_upload(sample.read_bytes(), sample.name)
+        assert isinstance(svc.generate(upload["id"])["report"], str)
+    finally:
+        svc.close()
 
 
 # ============================================================================================

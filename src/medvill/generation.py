@@ -9,13 +9,24 @@ code's default greedy decoder fed the ground truth back in).
 With S2S, visual rows see only visual rows and text row j sees the visual rows and text
 rows <= j, so the keys and values of every earlier position never change.  The cached
 decoder therefore encodes the image prefix once and then, per step, runs only two new
-queries: the token just chosen (to extend the cache) and the next [MASK] (to predict).
+queries: the token just chosen (to extend the cache) and the next [MASK] (to predict).  The
+keys and values live in a :class:`~medvill.modeling.encoder.DecodingCache` allocated once for
+the whole report: each step writes its two positions in place (the [MASK]'s is overwritten by
+the next step), so nothing is concatenated or copied per step.
 :func:`generate_naive` re-encodes the whole sequence each step; both give the same tokens
 (tested), the naive one is kept as the reference.
 
+Batches: the images of one call are decoded together, one row (greedy) or ``num_beams`` rows
+(beam search) each.  A report that has ended leaves the batch: its rows stop being computed
+(the last rows move into its place, so only they are copied), and every report comes out
+exactly as if it had been decoded alone (tested, token for token, in fp32).
+
 Beam search: ``num_beams`` hypotheses per image; finished hypotheses are scored by the sum
 of token log-probabilities divided by ``length ** length_penalty``; ``no_repeat_ngram_size``
-forbids repeating any n-gram of that size; ``min_length`` forbids [SEP] before it.
+forbids repeating any n-gram of that size; ``min_length`` forbids [SEP] before it.  An image's
+search ends when it holds ``num_beams`` finished hypotheses and none of its live beams can
+beat the best of them; its beams then leave the batch.  Reordering beams copies only their
+report positions: the beams of one image share the image prefix, which never moves.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import torch
 
 from .config import MaskScheme
 from .modeling.baselines import TieNet
-from .modeling.encoder import KVCache
+from .modeling.encoder import DecodingCache
 from .modeling.heads import MedViLLForPretraining
 
 # the models that generate reports: MedViLL ([MASK] recovery) and the TieNet baseline (LSTM)
@@ -52,30 +63,54 @@ class GenerationConfig:
 
 
 class _Decoder:
-    """Scores the next token of every hypothesis; ``cached`` or naive re-encoding."""
+    """Scores the next token of every hypothesis; ``cached`` or naive re-encoding.
 
-    def __init__(self, model: MedViLLForPretraining, images: torch.Tensor, cached: bool):
+    ``max_length``: the most tokens a report may get (sizes the cache; default the model's
+    ``max_text_len``)."""
+
+    def __init__(self, model: MedViLLForPretraining, images: torch.Tensor, cached: bool,
+                 max_length: int | None = None):
         self.model = model
         self.base = model.medvill
         self.cached = cached
         self.mask_id = model.config.mask_token_id
         self.feats = self.base.encode_image(images)  # (B, K, C), computed once
-        self.cache: tuple[KVCache, ...] | None = None
+        self.cache: DecodingCache | None = None
+        self.prefix_len = 0
+        self.row_image = torch.arange(images.shape[0], device=images.device)  # the image of each row
         if cached:
             empty = torch.zeros(images.shape[0], 0, dtype=torch.long, device=images.device)
             out = self.base(empty, empty.bool(), MaskScheme.S2S, visual_features=self.feats, use_cache=True)
-            self.cache = out.past_key_values  # keys/values of [CLS] v_1..v_K [SEP_V]
+            assert out.past_key_values is not None  # use_cache=True
+            self.prefix_len = out.past_key_values[0][0].shape[2]  # [CLS] v_1..v_K [SEP_V]
+            limit = model.config.max_text_len if max_length is None else max_length
+            # a step writes the last token and the next [MASK]: at most prefix + limit + 1 positions
+            self.cache = DecodingCache(out.past_key_values, self.prefix_len + limit + 1)
 
     def reorder(self, rows: torch.Tensor) -> None:
-        self.feats = self.feats[rows]
-        if self.cache is not None:
-            self.cache = tuple((k[rows], v[rows]) for k, v in self.cache)
+        """Row ``j`` becomes old row ``rows[j]`` (beam reordering, repeats, finished rows dropped)."""
+        if self.cache is None:
+            self.feats = self.feats[rows]  # only the naive decoder reads the features again
+            return
+        src = self.row_image[rows]
+        n = rows.numel()
+        # rows that stay with the same image keep their prefix in place: only report positions move
+        same = n <= self.cache.rows and torch.equal(src, self.row_image[:n])
+        self.cache.gather(rows, self.prefix_len if same else 0)
+        self.row_image = src
+
+    def step_mask(self, n: int, total: int, device: torch.device) -> torch.Tensor:
+        """``(1, 1, n, total)``: the n new queries see every cached position and, among the new
+        ones, themselves and those before them (the token cannot see the [MASK] after it)."""
+        mask = torch.ones(1, 1, n, total, dtype=torch.bool, device=device)
+        mask[0, 0, :, total - n:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        return mask
 
     def next_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` (R, t) generated so far -> log-probabilities (R, V) of token t."""
         r, t = tokens.shape
         dev = tokens.device
-        if not self.cached:
+        if self.cache is None:
             ids = torch.cat([tokens, torch.full((r, 1), self.mask_id, device=dev)], dim=1)
             out = self.base(ids, torch.ones_like(ids, dtype=torch.bool), MaskScheme.S2S, visual_features=self.feats)
             hidden = out.last_hidden_state[:, -1]
@@ -88,13 +123,9 @@ class _Decoder:
             positions = torch.arange(t + 1 - n, t + 1, device=dev)[None]
             emb = self.base.embeddings
             x = emb.finish(emb.text(new, positions))  # (R, n, D)
-            assert self.cache is not None  # set in __init__ when cached
-            past = self.cache[0][0].shape[2]
-            mask = torch.ones(r, 1, n, past + n, dtype=torch.bool, device=dev)
-            mask[:, :, :, past:] = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-            enc = self.base.encoder(x, mask, past_key_values=self.cache, use_cache=True)
-            keep = past + n - 1  # drop the [MASK]'s keys/values: only real tokens enter the cache
-            self.cache = tuple((k[:, :, :keep], v[:, :, :keep]) for k, v in enc.past_key_values)
+            mask = self.step_mask(n, self.cache.length + n, dev)
+            enc = self.base.encoder(x, mask, past_key_values=self.cache)  # writes the n positions in place
+            self.cache.advance(n - 1)  # keep the token's keys/values; the [MASK]'s slot is reused
             hidden = enc.last_hidden_state[:, -1]
         return self.model.mlm_head(hidden).float().log_softmax(-1)
 
@@ -141,12 +172,12 @@ def generate_naive(
     return generate(model, images, cfg, use_cache=False)
 
 
-def _decoder(model: GenerativeModel, images: torch.Tensor, cached: bool) -> StepDecoder:
+def _decoder(model: GenerativeModel, images: torch.Tensor, cached: bool, max_length: int) -> StepDecoder:
     """The model's own step decoder where it has one (TieNet's LSTM, ``make_decoder``), else
     MedViLL's [MASK]-recovery decoder; both expose ``next_logprobs(tokens)`` and ``reorder(rows)``."""
     if isinstance(model, TieNet):
         return model.make_decoder(images, cached)
-    return _Decoder(model, images, cached)
+    return _Decoder(model, images, cached, max_length)
 
 
 def _special_ids(model: GenerativeModel) -> tuple[int, list[int]]:
@@ -158,24 +189,42 @@ def _greedy(
     model: GenerativeModel, images: torch.Tensor, cfg: GenerationConfig, use_cache: bool
 ) -> list[list[int]]:
     sep_id, special = _special_ids(model)
-    dec = _decoder(model, images, use_cache)
+    dec = _decoder(model, images, use_cache, cfg.max_length)
     b = images.shape[0]
+    results: list[list[int]] = [[] for _ in range(b)]
+    active = list(range(b))  # the image of each decoder row
     tokens = torch.zeros(b, 0, dtype=torch.long, device=images.device)
-    done = torch.zeros(b, dtype=torch.bool, device=images.device)
     for _ in range(cfg.max_length):
         logprobs = dec.next_logprobs(tokens)
         _block(logprobs, tokens, cfg, sep_id, special)
         nxt = logprobs.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, sep_id), nxt)
+        ended = (nxt == sep_id).nonzero()[:, 0].tolist()
+        if ended:  # those reports are complete (without their [SEP]); their rows leave the batch
+            for row in ended:
+                results[active[row]] = tokens[row].tolist()
+            keep = _fill_gaps(len(active), ended, 1, images.device)
+            if keep is None:
+                return results
+            active = [active[r] for r in keep.tolist()]
+            tokens, nxt = tokens[keep], nxt[keep]
+            dec.reorder(keep)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        done |= nxt == sep_id
-        if bool(done.all()):
-            break
-    return [_strip(row.tolist(), sep_id) for row in tokens]
+    for row, image in enumerate(active):
+        results[image] = tokens[row].tolist()
+    return results
 
 
-def _strip(ids: list[int], sep_id: int) -> list[int]:
-    return ids[: ids.index(sep_id)] if sep_id in ids else ids
+def _fill_gaps(groups: int, gone: list[int], size: int, device: torch.device) -> torch.Tensor | None:
+    """Rows that remain when the groups ``gone`` (of ``groups`` groups of ``size`` rows) leave:
+    each gap below the new end is filled by a remaining group from the end, so only those rows
+    move; None when nothing remains."""
+    out = set(gone)
+    keep = groups - len(out)
+    if keep == 0:
+        return None
+    movers = iter(g for g in range(keep, groups) if g not in out)
+    order = [next(movers) if g in out else g for g in range(keep)]
+    return torch.tensor([g * size + j for g in order for j in range(size)], device=device)
 
 
 def _beam(
@@ -184,30 +233,41 @@ def _beam(
     sep_id, special = _special_ids(model)
     b, nb = images.shape[0], cfg.num_beams
     dev = images.device
-    dec = _decoder(model, images, use_cache)
+    dec = _decoder(model, images, use_cache, cfg.max_length)
     dec.reorder(torch.arange(b, device=dev).repeat_interleave(nb))
     tokens = torch.zeros(b * nb, 0, dtype=torch.long, device=dev)
     scores = torch.full((b, nb), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # start from one live beam per image
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    results: list[list[int]] = [[] for _ in range(b)]
+    active = list(range(b))  # the image of each group of nb rows
 
     def norm(score: float, length: int) -> float:
         return score / (max(length, 1) ** cfg.length_penalty)
 
+    def best(i: int, group: int) -> list[int]:
+        """Image ``i``'s report: the best finished hypothesis or live beam (rows of ``group``)."""
+        cands = list(finished[i])
+        for beam in range(nb):
+            s = float(scores[group, beam])
+            if s > float("-inf"):
+                cands.append((norm(s, tokens.shape[1]), tokens[group * nb + beam].tolist()))
+        return max(cands, key=lambda c: c[0])[1] if cands else []
+
     for step in range(cfg.max_length):
-        logprobs = dec.next_logprobs(tokens)  # (b*nb, V)
+        logprobs = dec.next_logprobs(tokens)  # (groups*nb, V)
         _block(logprobs, tokens, cfg, sep_id, special)
         vocab = logprobs.shape[-1]
-        total = (scores.view(-1, 1) + logprobs).view(b, nb * vocab)
+        total = (scores.view(-1, 1) + logprobs).view(len(active), nb * vocab)
         top_scores, top_idx = total.topk(2 * nb, dim=1)
         new_rows, new_tokens, new_scores = [], [], []
-        for i in range(b):
+        for group, i in enumerate(active):
             live = []
-            for s, idx in zip(top_scores[i].tolist(), top_idx[i].tolist(), strict=True):
+            for s, idx in zip(top_scores[group].tolist(), top_idx[group].tolist(), strict=True):
                 if s == float("-inf"):
                     break
                 beam, tok = divmod(idx, vocab)
-                row = i * nb + beam
+                row = group * nb + beam
                 if tok == sep_id:
                     finished[i].append((norm(s, step), tokens[row].tolist()))
                     continue
@@ -215,28 +275,29 @@ def _beam(
                 if len(live) == nb:
                     break
             while len(live) < nb:  # pad with dead beams
-                live.append((float("-inf"), i * nb, special[0]))
+                live.append((float("-inf"), group * nb, special[0]))
             for s, row, tok in live:
                 new_scores.append(s)
                 new_rows.append(row)
                 new_tokens.append(tok)
         rows = torch.tensor(new_rows, device=dev)
         tokens = torch.cat([tokens[rows], torch.tensor(new_tokens, device=dev)[:, None]], dim=1)
-        scores = torch.tensor(new_scores, device=dev).view(b, nb)
+        scores = torch.tensor(new_scores, device=dev).view(len(active), nb)
         dec.reorder(rows)
-        if all(
-            len(finished[i]) >= nb and max(f[0] for f in finished[i]) >= norm(float(scores[i].max()), step + 1)
-            for i in range(b)
-        ):
-            break
-    results = []
-    for i in range(b):
-        cands = list(finished[i])
-        for beam in range(nb):
-            s = float(scores[i, beam])
-            if s > float("-inf"):
-                cands.append((norm(s, tokens.shape[1]), tokens[i * nb + beam].tolist()))
-        results.append(max(cands, key=lambda c: c[0])[1] if cands else [])
+        done = [group for group, i in enumerate(active) if len(finished[i]) >= nb
+                and max(f[0] for f in finished[i]) >= norm(float(scores[group].max()), step + 1)]
+        if done:  # those images' searches are over: their beams leave the batch
+            for group in done:
+                results[active[group]] = best(active[group], group)
+            keep = _fill_gaps(len(active), done, nb, dev)
+            if keep is None:
+                return results
+            groups = keep[::nb] // nb
+            active = [active[g] for g in groups.tolist()]
+            tokens, scores = tokens[keep], scores[groups]
+            dec.reorder(keep)
+    for group, i in enumerate(active):
+        results[i] = best(i, group)
     return results
 
 

@@ -10,7 +10,7 @@ import typer
 
 from ..config import ConfigError
 from .app import app, console
-from .options import CheckpointOpt, DeviceOpt, ModelOpt, fail, setup_logging
+from .options import CheckpointOpt, DeviceOpt, ModelOpt, WeightsOpt, fail, setup_logging
 
 
 @app.command()
@@ -24,15 +24,17 @@ def generate(
     no_repeat_ngram: Annotated[int, typer.Option("--no-repeat-ngram",
                                                  help="forbid repeating n-grams of this size")] = 0,
     output: Annotated[Path | None, typer.Option("--output", help="also write JSONL: {image, report} per line")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images decoded together")] = 16,
     device: DeviceOpt = None,
+    weights: WeightsOpt = "fp32",
 ) -> None:
     """Generate a report for each image with a fine-tuned generation checkpoint (free-running decoding)."""
     from ..inference import MissingTaskError, Pipeline
 
     setup_logging()
     try:
-        pipe = Pipeline.from_pretrained(checkpoint, model=model, device=device, batch_size=batch_size)
+        pipe = Pipeline.from_pretrained(checkpoint, model=model, device=device, batch_size=batch_size,
+                                        weights=weights)
         reports = pipe.generate([str(p) for p in images], num_beams=beams, max_length=max_length,
                                 no_repeat_ngram_size=no_repeat_ngram)
     except (ConfigError, FileNotFoundError, ValueError, MissingTaskError) as exc:
@@ -62,6 +64,7 @@ def serve(
     no_repeat_ngram: Annotated[int, typer.Option("--no-repeat-ngram", help="forbid repeating n-grams of this size "
                                                  "in generated reports (0 = off)")] = 0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="largest accepted upload")] = 25.0,
+    weights: WeightsOpt = "fp32",
 ) -> None:
     """Web demo: upload an X-ray, see observation probabilities, a report, attention, answers, similar reports."""
     try:
@@ -74,7 +77,8 @@ def serve(
     setup_logging()
     try:
         cfg = ServeConfig(checkpoint=checkpoint, model=model, device=device, pool=pool, pool_size=pool_size,
-                          max_upload_mb=max_upload_mb, beams=beams, no_repeat_ngram=no_repeat_ngram)
+                          max_upload_mb=max_upload_mb, beams=beams, no_repeat_ngram=no_repeat_ngram,
+                          weights=weights)
         console.print(f"loading the models of {checkpoint} ...")
         service = DemoService(cfg)
     except (ConfigError, FileNotFoundError, ValueError, MissingTaskError) as exc:

@@ -31,6 +31,8 @@ CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="fine-tuned ch
 ModelOpt = Annotated[str | None, typer.Option("--model", help="which model's checkpoints where a folder holds several "
                                               "(default MedViLL-BAR)")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")]
+WeightsOpt = Annotated[str, typer.Option("--weights", help="Linear-layer weights: fp32 (as trained), bf16 or int8 "
+                                         "(CPU only; faster decoding, outputs close to fp32: BENCHMARKS.md)")]
 
 
 def setup_logging() -> None:

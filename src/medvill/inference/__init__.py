@@ -21,6 +21,7 @@ and every image gets the very preprocessing training gave it.  The modules:
 from ``medvill.inference``.
 """
 
+from ..modeling.weights import WEIGHT_FORMATS, check_weights
 from .checkpoints import (
     DEFAULT_MODEL,
     MODEL_CLASSES,
@@ -37,7 +38,7 @@ from .outputs import Answer, AttentionMaps, RetrievalHit
 from .pipeline import EXPLAIN_ORDER, Pipeline
 
 __all__ = [
-    "DEFAULT_MODEL", "EXPLAIN_ORDER", "MODEL_CLASSES", "TASKS", "Answer", "AttentionMaps", "Batch", "ImageInput",
-    "MissingTaskError", "ModelInput", "Pipeline", "RetrievalHit", "TaskCheckpoint", "TaskModel", "checkpoint_task",
-    "find_checkpoints", "image_from_tensor", "select_checkpoints",
+    "DEFAULT_MODEL", "EXPLAIN_ORDER", "MODEL_CLASSES", "TASKS", "WEIGHT_FORMATS", "Answer", "AttentionMaps", "Batch",
+    "ImageInput", "MissingTaskError", "ModelInput", "Pipeline", "RetrievalHit", "TaskCheckpoint", "TaskModel",
+    "check_weights", "checkpoint_task", "find_checkpoints", "image_from_tensor", "select_checkpoints",
 ]

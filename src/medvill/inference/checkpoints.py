@@ -23,6 +23,7 @@ from ..config import ConfigError
 from ..labels import CHEXPERT_OBSERVATIONS
 from ..modeling.heads import MedViLLForClassification, MedViLLForPretraining, MedViLLForRetrieval, MedViLLForVQA
 from ..modeling.pretrained import PreTrainedModel
+from ..modeling.weights import convert_weights
 from ..tasks.registry import task_spec
 from ..tasks.vqa import read_answers
 from ..tokenization import MedTokenizer
@@ -162,14 +163,16 @@ class _Loaded:
     answers: list[str] = field(default_factory=list)
 
 
-def _load_task(task: str, ckpt: TaskCheckpoint, device: torch.device) -> _Loaded:
-    """The model (on ``device``, in eval mode), tokenizer and preprocessing of ``task``'s
-    checkpoint, with the label names of a classifier and the answer vocabulary of a VQA model."""
+def _load_task(task: str, ckpt: TaskCheckpoint, device: torch.device, weights: str = "fp32") -> _Loaded:
+    """The model (on ``device``, in eval mode, its Linear layers in ``weights`` format), tokenizer
+    and preprocessing of ``task``'s checkpoint, with the label names of a classifier and the
+    answer vocabulary of a VQA model."""
     model = PreTrainedModel.from_pretrained(ckpt.path)
     if not isinstance(model, MODEL_CLASSES[task]):
         raise ConfigError(f"{ckpt.path}: a {task} checkpoint should hold a {MODEL_CLASSES[task].__name__}, "
                           f"not a {type(model).__name__}")
     model.to(device).eval()
+    convert_weights(model, weights)
     lm = _Loaded(model, MedTokenizer.from_pretrained(ckpt.path),
                  ModelInput.for_checkpoint(ckpt.path, model.config.image_size))
     if isinstance(model, MedViLLForClassification):  # the classification task (checked above)

@@ -1,7 +1,12 @@
 """The :class:`Pipeline`: fine-tuned MedViLL models behind one object, a method per task.
 
 **Batches.** Every method takes one input or a list; a list is processed in batches of
-``batch_size`` and gives a list of results in the same order.  ``device`` picks the CPU or a GPU.
+``batch_size`` and gives a list of results in the same order (:meth:`Pipeline.generate` decodes
+each batch together; a report that ends leaves it).  ``device`` picks the CPU or a GPU.
+
+**Weights.** ``weights="bf16"`` or ``"int8"`` runs the models' Linear layers with smaller
+weights (:mod:`medvill.modeling.weights`): faster on a CPU, outputs close to but not always
+identical to ``"fp32"`` (BENCHMARKS.md measures how close for generation).
 
 **Texts.** The classification model of the paper reads the image *and* its report (that is how
 it is fine-tuned and evaluated); :meth:`Pipeline.classify` without a report gives the model an
@@ -27,6 +32,7 @@ from ..config import ConfigError, MaskScheme
 from ..generation import GenerationConfig
 from ..generation import generate as generate_ids
 from ..modeling.heads import MedViLLForPretraining
+from ..modeling.weights import check_weights
 from .checkpoints import (
     TASKS,
     MissingTaskError,
@@ -60,11 +66,14 @@ class Pipeline:
     Build it with :meth:`from_pretrained`.  ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a
     ``torch.device`` (default: CUDA when available).  ``batch_size``: images per forward pass.
     ``feature_cache_size``: CNN features kept for :meth:`retrieve` (entries, least recently
-    used dropped first).  Methods never train; models run in eval mode without gradients.
+    used dropped first).  ``weights``: ``"fp32"`` (as trained), ``"bf16"`` or ``"int8"`` (CPU
+    only) Linear layers (:func:`~medvill.modeling.weights.convert_weights`).  Methods never
+    train; models run in eval mode without gradients.
     """
 
     def __init__(self, checkpoints: dict[str, TaskCheckpoint], device: str | torch.device | None = None,
-                 batch_size: int = 16, feature_cache_size: int = 256, source: str | Path = ""):
+                 batch_size: int = 16, feature_cache_size: int = 256, source: str | Path = "",
+                 weights: str = "fp32"):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         unknown = set(checkpoints) - set(TASKS)
@@ -74,6 +83,7 @@ class Pipeline:
         self.source = str(source)
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
+        self.weights = check_weights(weights, self.device)
         self.batch_size = batch_size
         self.feature_cache_size = feature_cache_size
         self._loaded: dict[str, _Loaded] = {}
@@ -82,16 +92,18 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model: str | None = None, device: str | torch.device | None = None,
-                        batch_size: int = 16, feature_cache_size: int = 256) -> Pipeline:
+                        batch_size: int = 16, feature_cache_size: int = 256, weights: str = "fp32") -> Pipeline:
         """Checkpoints from one fine-tuned checkpoint folder or a folder holding several (a
         ``medvill demo`` output: ``finetune/<task>-<model>/``).  ``model``: which model's
-        checkpoints to use where there are several (default ``MedViLL-BAR``)."""
+        checkpoints to use where there are several (default ``MedViLL-BAR``); ``weights``: see
+        :class:`Pipeline`."""
+        check_weights(weights, device)
         found = find_checkpoints(directory)
         if not found:
             raise FileNotFoundError(f"no fine-tuned checkpoint (config.json + {FINETUNE_INFO}) in {directory}; pass "
                                     "a folder written by medvill finetune, or a medvill demo output folder")
         return cls(select_checkpoints(found, model, directory), device=device, batch_size=batch_size,
-                   feature_cache_size=feature_cache_size, source=directory)
+                   feature_cache_size=feature_cache_size, source=directory, weights=weights)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -105,6 +117,7 @@ class Pipeline:
 
     def to(self, device: str | torch.device) -> Pipeline:
         """Move every loaded model (and later loads) to ``device``."""
+        check_weights(self.weights, device)
         self.device = torch.device(device)
         for lm in self._loaded.values():
             lm.model.to(self.device)
@@ -131,7 +144,7 @@ class Pipeline:
     def _get(self, task: str) -> _Loaded:
         if task not in self._loaded:
             self.checkpoint_path(task)
-            self._loaded[task] = _load_task(task, self.checkpoints[task], self.device)
+            self._loaded[task] = _load_task(task, self.checkpoints[task], self.device, self.weights)
         return self._loaded[task]
 
     # ------------------------------------------------------------------ inputs
@@ -204,7 +217,9 @@ class Pipeline:
                  length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_length: int = 1) -> str | list[str]:
         """A free-running report per image (:func:`medvill.generation.generate`, KV-cached;
         never teacher-forced).  ``num_beams`` 1 = greedy; ``max_length``: report tokens (default
-        the model's ``max_text_len - 1``); see :class:`~medvill.generation.GenerationConfig`."""
+        the model's ``max_text_len - 1``); see :class:`~medvill.generation.GenerationConfig`.
+        The images of a batch (``batch_size``) are decoded together; with fp32 weights each report
+        is the one its image would get alone (with bf16 or int8 it can depend on the batch)."""
         lm = self._get("generation")
         model = lm.model
         assert isinstance(model, MedViLLForPretraining)  # _get checked the class of the generation checkpoint

@@ -25,12 +25,17 @@ tolerance, tested):
   a fixed length avoids recompiling for every batch length.
   ``FLEX_COMPILE = False`` runs FlexAttention's unfused reference implementation instead
   (slow; for checking).
+
+Key/value caches for decoding: ``past_key_values`` is either a tuple of ``(keys, values)`` per
+layer, which each call extends by concatenation (a new tensor every step), or a
+:class:`DecodingCache`, preallocated for the whole report and written in place (what
+:mod:`medvill.generation` uses: no per-step copy of the cache).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +55,87 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class DecodingCache:
+    """Keys and values of every layer for incremental decoding, preallocated and written in place.
+
+    ``keys[i]`` and ``values[i]`` are ``(R_max, H, capacity, Dh)``; rows ``[0, rows)`` and
+    positions ``[0, length)`` hold the cached tokens.  Passed as ``past_key_values``, each layer
+    writes its ``n`` new keys and values at ``[length, length + n)`` and attends the view
+    ``[0, length + n)``: nothing is concatenated or copied per step.  The caller then keeps the
+    first ``m`` new positions with :meth:`advance` (a position not kept, e.g. a [MASK] query, is
+    overwritten by the next step).  :meth:`gather` reorders, drops or repeats rows (beam search,
+    finished reports); positions before ``start`` that are already right are not copied.
+    """
+
+    def __init__(self, past: Sequence[KVCache], capacity: int):
+        r, h, length, dh = past[0][0].shape
+        if capacity < length:
+            raise ValueError(f"capacity {capacity} < the {length} cached positions")
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for k, v in past:
+            kb, vb = k.new_empty(r, h, capacity, dh), v.new_empty(r, h, capacity, dh)
+            kb[:, :, :length] = k
+            vb[:, :, :length] = v
+            self.keys.append(kb)
+            self.values.append(vb)
+        self.rows, self.length, self.capacity = r, length, capacity
+
+    def layer(self, i: int) -> CacheLayer:
+        return CacheLayer(self, i)
+
+    def write(self, i: int, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """Store layer ``i``'s new ``(rows, H, n, Dh)`` keys/values after the cached ones; returns
+        the views of all ``length + n`` positions for attention."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"decoding cache full: {end} positions, capacity {self.capacity}")
+        kb, vb = self.keys[i][: self.rows], self.values[i][: self.rows]
+        kb[:, :, self.length:end] = k
+        vb[:, :, self.length:end] = v
+        return kb[:, :, :end], vb[:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Keep ``n`` of the positions the last step wrote."""
+        self.length += n
+
+    def gather(self, rows: torch.Tensor, start: int = 0) -> None:
+        """Row ``j`` becomes old row ``rows[j]``; positions ``[0, start)`` are left as they are
+        (the caller knows they already match, e.g. the image prefix of beams of one image)."""
+        n = rows.numel()
+        if n > self.keys[0].shape[0]:  # more rows than allocated (beams): new buffers
+            for bufs in (self.keys, self.values):
+                for i, b in enumerate(bufs):
+                    new = b.new_empty(n, *b.shape[1:])
+                    new[:, :, : self.length] = b[rows, :, : self.length]
+                    bufs[i] = new
+        elif start < self.length:  # only the rows that change are copied
+            dst = (rows != torch.arange(n, device=rows.device)).nonzero()[:, 0]
+            if dst.numel():
+                src = rows[dst]
+                for bufs in (self.keys, self.values):
+                    for b in bufs:
+                        b[dst, :, start : self.length] = b[src, :, start : self.length]
+        self.rows = n
+
+    def nbytes(self, positions: int | None = None) -> int:
+        """Bytes of the keys and values of ``positions`` (default: the cached ones) over all rows and layers."""
+        b = self.keys[0]
+        per_position = self.rows * b.shape[1] * b.shape[3] * b.element_size()
+        return 2 * len(self.keys) * per_position * (self.length if positions is None else positions)
+
+
+@dataclass
+class CacheLayer:
+    """One layer's view of a :class:`DecodingCache` (what that layer's attention writes to)."""
+
+    cache: DecodingCache
+    index: int
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        return self.cache.write(self.index, k, v)
 
 FLEX_COMPILE = True  # False: FlexAttention's unfused reference implementation (checking only)
 _compiled_flex: Callable[..., torch.Tensor] | None = None
@@ -111,7 +197,7 @@ class BertSelfAttention(nn.Module):
         self,
         hidden: torch.Tensor,  # (B, S, D)
         mask: torch.Tensor,  # (B, 1, S, S_total) bool
-        past: KVCache | None = None,
+        past: KVCache | CacheLayer | None = None,
         output_attentions: bool = False,
         impl: str = "sdpa",  # sdpa | eager | flex (output_attentions forces eager)
         block_mask: BlockMask | None = None,  # FlexAttention BlockMask for impl="flex"
@@ -119,7 +205,9 @@ class BertSelfAttention(nn.Module):
         q = self._split(self.query(hidden))
         k = self._split(self.key(hidden))
         v = self._split(self.value(hidden))
-        if past is not None:
+        if isinstance(past, CacheLayer):  # preallocated: written in place
+            k, v = past.write(k, v)
+        elif past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         dropout = self.dropout_p if self.training else 0.0
@@ -201,7 +289,7 @@ class BertLayer(nn.Module):
         self,
         hidden: torch.Tensor,
         mask: torch.Tensor,
-        past: KVCache | None = None,
+        past: KVCache | CacheLayer | None = None,
         output_attentions: bool = False,
         impl: str = "sdpa",
         block_mask: BlockMask | None = None,
@@ -234,7 +322,7 @@ class BertEncoder(nn.Module):
         self,
         hidden: torch.Tensor,  # (B, S, D)
         mask: torch.Tensor,  # (B, S, S_total) or (B, 1, S, S_total) bool
-        past_key_values: tuple[KVCache, ...] | None = None,
+        past_key_values: tuple[KVCache, ...] | DecodingCache | None = None,  # a DecodingCache is written in place
         use_cache: bool = False,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -257,7 +345,11 @@ class BertEncoder(nn.Module):
         all_attn: list[torch.Tensor] | None = [] if output_attentions else None
         cache: list[KVCache] | None = [] if use_cache else None
         for i, layer in enumerate(self.layer):
-            past = past_key_values[i] if past_key_values is not None else None
+            past: KVCache | CacheLayer | None = None
+            if isinstance(past_key_values, DecodingCache):
+                past = past_key_values.layer(i)
+            elif past_key_values is not None:
+                past = past_key_values[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden, kv, probs = torch.utils.checkpoint.checkpoint(
                     layer, hidden, mask, past, output_attentions, impl, block_mask, use_reentrant=False)

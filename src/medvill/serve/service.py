@@ -56,7 +56,8 @@ class DemoService:
 
     def __init__(self, config: ServeConfig, pipeline: Pipeline | None = None):
         self.config = config
-        self.pipe = pipeline or Pipeline.from_pretrained(config.checkpoint, model=config.model, device=config.device)
+        self.pipe = pipeline or Pipeline.from_pretrained(config.checkpoint, model=config.model, device=config.device,
+                                                         weights=config.weights)
         self.pipe.load()
         self.pool: ReportPool | None = None
         self.pool_note = ""
@@ -96,6 +97,7 @@ class DemoService:
             "max_upload_bytes": self.config.max_upload_bytes,
             "max_pixels": self.config.max_pixels,
             "device": str(self.pipe.device),
+            "weights": self.pipe.weights,
         }
 
     # ------------------------------------------------------------------ uploads

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..inference import check_weights
+
 MB = 1024 * 1024
 
 
@@ -28,7 +30,8 @@ class ServeConfig:
     distinct reports (the first ones).  ``max_upload_mb``: larger uploads are refused;
     ``max_pixels``: images with more pixels are refused before decoding.  ``beams``: beam
     width of report generation (1 = greedy) and ``no_repeat_ngram`` its ban on repeated
-    n-grams (0 = none), as in ``medvill generate``.
+    n-grams (0 = none), as in ``medvill generate``.  ``weights``: the models' Linear layers in
+    ``fp32`` (as trained), ``bf16`` or ``int8`` (CPU only), as ``Pipeline(weights=...)``.
     """
 
     checkpoint: Path
@@ -42,6 +45,7 @@ class ServeConfig:
     max_uploads: int = 64
     beams: int = 1
     no_repeat_ngram: int = 0
+    weights: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.pool_size < 1:
@@ -56,6 +60,7 @@ class ServeConfig:
             raise ValueError(f"beams must be >= 1, got {self.beams}")
         if self.no_repeat_ngram < 0:
             raise ValueError(f"no_repeat_ngram must be >= 0, got {self.no_repeat_ngram}")
+        check_weights(self.weights, self.device)
 
     @property
     def max_upload_bytes(self) -> int:

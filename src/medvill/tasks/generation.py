@@ -6,7 +6,9 @@ included, in one pass with a [MASK] query per position; with ``mlm`` (the paper'
 sample of them, [SEP] included.  Model selection: perplexity of the validation reports
 (lower is better).
 Evaluation generates free-running (greedy or beam; :mod:`medvill.generation`) and reports
-BLEU-4, clinical efficacy (our labeler on generated vs reference) and perplexity.
+BLEU-4, clinical efficacy (our labeler on generated vs reference) and perplexity.  The test
+images are decoded a loader batch (``train.batch_size``) at a time, each batch together (a
+report that ends leaves its batch; every report is the one its image gets alone).
 """
 
 from __future__ import annotations

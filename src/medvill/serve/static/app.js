@@ -66,7 +66,8 @@ async function start() {
   }
   const info = state.info;
   $("limit").textContent = `${mb(info.max_upload_bytes)} MB`;
-  $("checkpoint").textContent = `Checkpoints: ${info.checkpoint} (${info.device}).`;
+  const weights = info.weights && info.weights !== "fp32" ? `, ${info.weights} weights` : "";
+  $("checkpoint").textContent = `Checkpoints: ${info.checkpoint} (${info.device}${weights}).`;
   for (const [task, t] of Object.entries(info.tasks)) {
     const note = panel(task).querySelector(".note");
     if (t.note) {
