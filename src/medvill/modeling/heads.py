@@ -62,44 +62,24 @@ class PretrainOutput:
     hard_negatives: int = 0  # mismatched pairs whose report was replaced by a sampled hard negative
 
 
-def contrastive_embeddings(trunk: MedViLLModel, image_proj: nn.Linear, text_proj: nn.Linear, report_ids: torch.Tensor,
-                           report_valid: torch.Tensor, visual_features: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unimodal summaries, projected and L2-normalised: the image's from the mean of its CNN
-    features, the report's from CLS_L of a Non-crossing pass over the report alone."""
-    image = F.normalize(image_proj(visual_features.mean(dim=1)).float(), dim=-1)
-    no_visual = visual_features[:, :0]  # (B, 0, C): the report pass needs no visual token
-    out = trunk(report_ids, report_valid, MaskScheme.NON_CROSSING, visual_features=no_visual)
-    report = F.normalize(text_proj(out.last_hidden_state[:, out.layout.cls_l_index]).float(), dim=-1)
-    return image, report
+class ContrastiveProjections:
+    """The image-report contrastive projections of a model with MedViLL's trunk (``medvill``):
+    ``contrastive_dim`` > 0 adds them (:meth:`build_projections`), under the same names in every
+    model, so a fine-tuned model initialises them from its pre-training."""
 
+    medvill: MedViLLModel
+    contrastive_dim: int = 0
+    itc_image_proj: nn.Linear
+    itc_text_proj: nn.Linear
 
-@register
-class MedViLLForPretraining(PreTrainedModel):
-    """MedViLL with the masked-language-modelling and image-report-matching heads.
-
-    ``contrastive_dim`` > 0 adds the projections of the image-report contrastive loss
-    (``pretrain.itc_weight``, an option beyond the paper; :mod:`medvill.modeling.contrastive`):
-    unimodal summaries of the image and the report (:meth:`contrastive_embeddings`), each
-    projected to ``contrastive_dim`` and L2-normalised.
-    """
-
-    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, contrastive_dim: int = 0):
-        super().__init__(config)
-        self.medvill = MedViLLModel(config, load_pretrained_backbone)
-        self.mlm_head = MLMHead(config, self.medvill.embeddings.word_embeddings)
-        self.irm_head = nn.Linear(config.hidden_size, 1)
+    def build_projections(self, config: ModelConfig, contrastive_dim: int) -> list[nn.Module]:
+        """Create the projections (none for 0); returns them for initialisation."""
         self.contrastive_dim = contrastive_dim
-        heads: list[nn.Module] = [self.mlm_head.transform, self.irm_head]
-        if contrastive_dim:
-            self.itc_image_proj = nn.Linear(self.medvill.visual.out_channels, contrastive_dim)
-            self.itc_text_proj = nn.Linear(config.hidden_size, contrastive_dim)
-            heads += [self.itc_image_proj, self.itc_text_proj]
-        for module in heads:
-            module.apply(lambda m: init_bert_weights(m, config.initializer_range))
-
-    def head_config(self) -> dict:
-        return {"contrastive_dim": self.contrastive_dim} if self.contrastive_dim else {}
+        if not contrastive_dim:
+            return []
+        self.itc_image_proj = nn.Linear(self.medvill.visual.out_channels, contrastive_dim)
+        self.itc_text_proj = nn.Linear(config.hidden_size, contrastive_dim)
+        return [self.itc_image_proj, self.itc_text_proj]
 
     def contrastive_embeddings(self, report_ids: torch.Tensor, report_valid: torch.Tensor,
                                visual_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +94,34 @@ class MedViLLForPretraining(PreTrainedModel):
         """
         if not self.contrastive_dim:
             raise ValueError("this model has no contrastive projections (built with contrastive_dim=0)")
-        return contrastive_embeddings(self.medvill, self.itc_image_proj, self.itc_text_proj, report_ids, report_valid,
-                                      visual_features)
+        image = F.normalize(self.itc_image_proj(visual_features.mean(dim=1)).float(), dim=-1)
+        no_visual = visual_features[:, :0]  # (B, 0, C): the report pass needs no visual token
+        out = self.medvill(report_ids, report_valid, MaskScheme.NON_CROSSING, visual_features=no_visual)
+        report = F.normalize(self.itc_text_proj(out.last_hidden_state[:, out.layout.cls_l_index]).float(), dim=-1)
+        return image, report
+
+
+@register
+class MedViLLForPretraining(ContrastiveProjections, PreTrainedModel):
+    """MedViLL with the masked-language-modelling and image-report-matching heads.
+
+    ``contrastive_dim`` > 0 adds the projections of the image-report contrastive loss
+    (``pretrain.itc_weight``, an option beyond the paper; :mod:`medvill.modeling.contrastive`):
+    unimodal summaries of the image and the report (:meth:`contrastive_embeddings`), each
+    projected to ``contrastive_dim`` and L2-normalised.
+    """
+
+    def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = True, contrastive_dim: int = 0):
+        super().__init__(config)
+        self.medvill = MedViLLModel(config, load_pretrained_backbone)
+        self.mlm_head = MLMHead(config, self.medvill.embeddings.word_embeddings)
+        self.irm_head = nn.Linear(config.hidden_size, 1)
+        heads = [self.mlm_head.transform, self.irm_head, *self.build_projections(config, contrastive_dim)]
+        for module in heads:
+            module.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def head_config(self) -> dict:
+        return {"contrastive_dim": self.contrastive_dim} if self.contrastive_dim else {}
 
     def sequence_logprobs(self, text_ids: torch.Tensor, text_valid: torch.Tensor,
                           visual_features: torch.Tensor) -> torch.Tensor:
@@ -326,7 +332,7 @@ class MedViLLForClassification(_PooledTaskModel):
 
 
 @register
-class MedViLLForRetrieval(_PooledTaskModel):
+class MedViLLForRetrieval(ContrastiveProjections, _PooledTaskModel):
     """Image-report matching score on CLS (initialised from the pre-training IRM head).
 
     ``contrastive_dim`` > 0 (``finetune.retrieval_itc_weight``, beyond the paper) keeps the
@@ -340,28 +346,15 @@ class MedViLLForRetrieval(_PooledTaskModel):
                  contrastive_dim: int = 0, itc_temperature: float = 0.1):
         super().__init__(config, load_pretrained_backbone, trunk)
         self.irm_head = nn.Linear(config.hidden_size, 1)
-        heads: list[nn.Module] = [self.irm_head]
         if contrastive_dim and trunk != "medvill":
             raise ValueError("contrastive projections need MedViLL's trunk (its Non-crossing report pass)")
-        self.contrastive_dim, self.itc_temperature = contrastive_dim, itc_temperature
-        if contrastive_dim:
-            self.itc_image_proj = nn.Linear(self.medvill.visual.out_channels, contrastive_dim)
-            self.itc_text_proj = nn.Linear(config.hidden_size, contrastive_dim)
-            heads += [self.itc_image_proj, self.itc_text_proj]
-        for module in heads:
+        self.itc_temperature = itc_temperature
+        for module in [self.irm_head, *self.build_projections(config, contrastive_dim)]:
             module.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def head_config(self) -> dict:
         extra = {"contrastive_dim": self.contrastive_dim, "itc_temperature": self.itc_temperature}
         return {**super().head_config(), **(extra if self.contrastive_dim else {})}
-
-    def contrastive_embeddings(self, report_ids: torch.Tensor, report_valid: torch.Tensor,
-                               visual_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`MedViLLForPretraining.contrastive_embeddings` (needs ``contrastive_dim`` > 0)."""
-        if not self.contrastive_dim:
-            raise ValueError("this model has no contrastive projections (built with contrastive_dim=0)")
-        return contrastive_embeddings(self.medvill, self.itc_image_proj, self.itc_text_proj, report_ids, report_valid,
-                                      visual_features)
 
     def forward(self, text_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor | None = None,
                 visual_features: torch.Tensor | None = None, scheme: MaskScheme = MaskScheme.BI,
