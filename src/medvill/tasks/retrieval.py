@@ -141,22 +141,20 @@ class PairScorer:
         self.features = torch.cat(feats)  # (N, K, C)
         self.cache: dict[tuple[int, int], float] = {}
         self.cnn_passes = len(records)
-        # a model with contrastive projections adds their logit to the matching logit
-        self.contrastive: np.ndarray | None = None  # (N images, N reports) cosine / temperature
+        self._unimodal: UnimodalEmbeddings | None = None
 
-    def contrastive_logits(self) -> np.ndarray | None:
-        """``(N, N)`` contrastive logits of every (image, report) of the pool (None: the model
-        has no contrastive projections); one embedding per image and per report."""
-        if not getattr(self.model, "contrastive_dim", 0):
-            return None
-        if self.contrastive is None:
-            images, reports = UnimodalEmbeddings(self).summaries()
-            self.contrastive = (images @ reports.T).numpy() / self.model.itc_temperature
-        return self.contrastive
+    @property
+    def unimodal(self) -> UnimodalEmbeddings:
+        """The records' per-image and per-report embeddings (computed once, on first use): stage
+        1 of pool retrieval, and a contrastive model's own term in :meth:`scores`."""
+        if self._unimodal is None:
+            self._unimodal = UnimodalEmbeddings(self)
+        return self._unimodal
 
     @torch.no_grad()
     def scores(self, pairs: list[tuple[int, int]], by_length: bool = False) -> np.ndarray:
-        """The fusion score of each (image, report) pair; each new pair is scored once, in
+        """The fusion score of each (image, report) pair, plus cosine / temperature of the
+        contrastive projections for a model that has them; each new pair is scored once, in
         batches of ``batch_size`` in the order given, or with ``by_length`` in order of report
         length (less padding, and the batches, so the scores to the last bit, depend only on the
         set of new pairs)."""
@@ -170,10 +168,13 @@ class PairScorer:
             out = self.model(ids, valid, visual_features=feats).logits.float().cpu().tolist()
             self.cache.update(zip(chunk, out, strict=True))
         scores = np.array([self.cache[p] for p in pairs])
-        contrastive = self.contrastive_logits()
-        if contrastive is not None and pairs:
-            rows, cols = np.array(pairs).T
-            scores = scores + contrastive[rows, cols]
+        if getattr(self.model, "contrastive_dim", 0) and pairs:  # + cosine / temperature of the projections
+            emb = self.unimodal
+            emb.compute()
+            assert emb.images is not None and emb.reports is not None
+            rows, cols = (torch.as_tensor(c) for c in zip(*pairs, strict=True))
+            cosine = (emb.images[rows] * emb.reports[cols]).sum(-1).numpy()
+            scores = scores + cosine / self.model.itc_temperature
         return scores
 
     def reports(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,7 +338,7 @@ def rank_pool(scorer: PairScorer, pool: np.ndarray, rerank_k: int, seed: int, me
     scorer.cache.clear()
     s1 = s2 = 0.0
     if not exhaustive:
-        stage1 = stage1 or UnimodalEmbeddings(scorer)
+        stage1 = stage1 or scorer.unimodal
         stage1.compute()
         s1 = stage1.seconds
     parts: dict[str, list[np.ndarray]] = {}
@@ -466,7 +467,7 @@ def evaluate_retrieval(ctx: EvalContext) -> dict[str, dict[str, Any]]:
                         "is (a class with none is skipped)", short)
     scorer = PairScorer(model, records, ctx.tokenizer, model.config.image_size, model.config.max_text_len,
                         batch_size=max(ctx.cfg.train.batch_size, 8))
-    stage1 = UnimodalEmbeddings(scorer)
+    stage1 = scorer.unimodal
     out: dict[str, dict[str, Any]] = {}
     for name in protocols:
         if name == "trials":

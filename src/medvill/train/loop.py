@@ -241,7 +241,7 @@ class _Run:
         set_seed(cfg.seed)
         model = apply_memory_options(model, cfg, accelerator.num_processes, accelerator.device.type)
         # the fused kernel: the unfused step was the largest single item of the base configuration's
-        # bf16 step on an H200, and a tenth of the small preset's step on the CPU (BENCHMARKS.md)
+        # bf16 step on an H200, and 8 % of the small preset's VQA step on the CPU (BENCHMARKS.md)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                       fused=True if accelerator.device.type in ("cuda", "cpu") else None)
         # not prepared: Accelerate would step a prepared scheduler once per process at every call
