@@ -333,10 +333,10 @@ class TrainStep:
     tokens), backward, gradient clipping, the loop's AdamW (fused kernel, its parameter
     groups).  A preset that learns its own vocabulary (tiny, small: the demo) has that
     vocabulary's size, not BERT's.  ``amp``: fp32 or bf16/fp16 autocast; ``channels_last``:
-    the loop's ``train.channels_last`` memory option for the CNN (on where the preset sets it)."""
+    the loop's ``train.channels_last`` memory option for the CNN (None: the preset's setting)."""
 
     def __init__(self, preset: str, batch_size: int, device: torch.device, amp: str = "fp32",
-                 attn: str = "sdpa", seed: int = 0, channels_last: bool = False):
+                 attn: str = "sdpa", seed: int = 0, channels_last: bool | None = None):
         from medvill.modeling.heads import MedViLLForPretraining
         from medvill.tasks.pretrain import PretrainTask
         from medvill.train.loop import param_groups
@@ -345,7 +345,7 @@ class TrainStep:
         cfg, self.mcfg = bench_model_config(preset, attn)
         if cfg.init_text is None and cfg.tokenizer.vocab is None:  # the vocabulary `medvill pretrain` learns
             self.mcfg = dataclasses.replace(self.mcfg, vocab_size=cfg.tokenizer.vocab_size)
-        channels_last = channels_last or cfg.train.channels_last
+        channels_last = cfg.train.channels_last if channels_last is None else channels_last
         self.channels_last = channels_last
         torch.manual_seed(seed)
         itc_dim = cfg.pretrain.itc_dim if cfg.pretrain.itc_weight > 0 else 0  # as medvill pretrain builds it
@@ -416,7 +416,7 @@ class TrainStep:
 
 def measure_train_step(preset: str, batch_size: int, device: torch.device, amp: str = "fp32", attn: str = "sdpa",
                        steps: int = 3, warmup: int = 1, profile: bool = False,
-                       channels_last: bool = False) -> TrainStepResult:
+                       channels_last: bool | None = None) -> TrainStepResult:
     """Samples/s (best of ``steps`` timed steps after ``warmup``), FLOPs per step and peak memory."""
     step = TrainStep(preset, batch_size, device, amp, attn, channels_last=channels_last)
     with peak_memory(device) as mem:

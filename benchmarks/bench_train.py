@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default="fp32",
                     help="autocast type of the train step; its matmul rate is measured too")
     ap.add_argument("--attn", choices=("sdpa", "eager", "flex"), default="sdpa", help="model.attn_implementation")
-    ap.add_argument("--channels-last", action="store_true", help="train.channels_last: the CNN in NHWC layout")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="train.channels_last: the CNN in NHWC layout (default: the preset's setting, on)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per preset (best is reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--gemm-n", type=int, default=None, help="matrix side (default: CPU 4096, CUDA 8192)")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         notes=[f"FLOPs: FlopCounterMode over forward + backward (2 per multiply-add); step: forward, backward, "
                f"clip, AdamW; best of {steps} after {warmup} warm-up; attention {args.attn}, {args.amp}"
-               f"{', CNN channels_last' if args.channels_last else ''}",
+               f", CNN {'channels_last' if all(r.channels_last for r in results) else 'NCHW'}",
                f"peak memory: {results[0].memory_method if results else '-'}"],
     )
     for r in results:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["train_samples_per_s_small"] = by_preset["small"].samples_per_s if "small" in by_preset else None
     write_json(args.json, {
         "benchmark": "train", "machine": machine_line, "command": cmd, "device": str(device),
-        "amp": args.amp, "attn": args.attn, "channels_last": args.channels_last, "matmul_n": gemm_n,
+        "amp": args.amp, "attn": args.attn, "channels_last": [r.channels_last for r in results], "matmul_n": gemm_n,
         "matmul_flops": rates,
         "results": [{k: v for k, v in vars(r).items() if k != "profile_table"} for r in results],
         "summary": summary,

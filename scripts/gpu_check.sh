@@ -106,7 +106,7 @@ EOF
 say "install: $INSTALL; missing imports: $MISSING"
 
 # 3-8, the headline numbers first (FlexAttention compiles a kernel per scheme: the slow part)
-step train-base-bf16 90 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --steps 10 --profile \
+step train-base-bf16 90 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --steps 10 --profile --no-channels-last \
     --json "$OUT/train_base_bf16.json"
 step train-base-bf16-channels-last 60 "$PY" benchmarks/bench_train.py --presets base --amp bf16 --steps 10 \
     --channels-last --json "$OUT/train_base_bf16_cl.json"

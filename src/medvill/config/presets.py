@@ -47,9 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   0.922 -> 0.937.
     # * retrieval keeps the contrastive projections and their loss (finetune.retrieval_itc_weight):
     #   validation R2I MRR / Hit@5 0.635 / 0.80 -> 0.749 / 0.94, I2R 0.616 / 0.86 -> 0.774 / 0.92.
-    # * the CNN runs channels_last (NHWC) and AdamW is the fused kernel: the demo's VQA fine-tuning
-    #   step 161 -> 133 ms, classification 153 -> 135 ms (best of 6 x 3 steps, one thread, a busy
-    #   machine; BENCHMARKS.md "The small step"); the demo command 667 s -> 590 s.
+    # * the CNN runs channels_last (NHWC; now every preset's default) and AdamW is the fused kernel:
+    #   the demo's VQA fine-tuning step 161 -> 133 ms, classification 153 -> 135 ms (best of 6 x 3
+    #   steps, one thread, a busy machine; BENCHMARKS.md "The small step"); the demo command
+    #   667 s -> 590 s.
     # * contrastive temperature 0.05 (0.1 before, 0.03 tried): after 1,000 pre-training steps a
     #   linear probe of the pooled CNN features scores validation AUROC 0.952 (0.945 at 0.1 and
     #   0.03); fine-tuned from it, classification AUROC 0.965 -> 0.975 (F1 0.756 -> 0.815), VQA
@@ -66,7 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain": {"visual_tokens_sampled": 12, "itc_weight": 1.0, "itc_temperature": 0.05},
         "finetune": {"image_only_prob": 0.5, "backbone_lr": 5e-4, "retrieval_itc_weight": 1.0},
         "train": {"batch_size": 32, "max_steps": 1000, "lr": 1e-3, "backbone_lr": 2e-3, "warmup_steps": 30,
-                  "log_every": 10, "channels_last": True},
+                  "log_every": 10},
     },
     # The paper: ResNet-50 at 512 px, BERT-base, k = 180 of 256, 253 text tokens.
     "base": {

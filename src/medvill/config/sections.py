@@ -197,7 +197,9 @@ class TrainConfig:
     progress: bool = True
     # memory options (batch_size is per process: global batch = batch_size x processes x grad_accum)
     gradient_checkpointing: bool = False  # recompute each transformer layer in the backward pass
-    channels_last: bool = False  # CNN in channels_last memory format (faster convolutions on tensor-core GPUs)
+    # the CNN in channels_last (NHWC) memory format: faster convolutions, measured on a 2-core CPU
+    # (base step 11.8 -> 10.2 s, small 0.161 -> 0.133 s) and an H200 (base bf16 298 -> 382 samples/s)
+    channels_last: bool = True
     batchnorm: str = "batch"  # CNN BatchNorm statistics: batch (per process) | sync (across GPUs) | frozen (running)
     # long runs: training-state checkpoints for exact resume (see medvill.train.checkpoint)
     checkpoint_every: int = 0  # write one every N optimiser steps into OUTPUT/checkpoints/ (0 = never)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
+from .dropout import Dropout
 from .encoder import BertEncoder, BertPooler, init_bert_weights
 from .pretrained import PreTrainedModel, register
 from .visual import VisualEncoder
@@ -70,7 +71,7 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, d)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, d)
         self.LayerNorm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
         pos = torch.arange(ids.shape[1], device=ids.device)[None]
@@ -213,7 +214,7 @@ class TieNet(PreTrainedModel):
         self.lm_head = nn.Linear(d, config.vocab_size)
         self.text_attention = AttentionPooling(d, d, hops)
         self.classifier = nn.Linear(d + c, num_labels)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         for module in (self.word_embeddings, self.init_h, self.init_c, self.attention, self.lm_head,
                        self.text_attention, self.classifier):
             module.apply(lambda m: init_bert_weights(m, config.initializer_range))

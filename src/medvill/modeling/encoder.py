@@ -45,6 +45,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ModelConfig
+from .dropout import Dropout, dropout
 from .masks import MaskMod
 
 if TYPE_CHECKING:
@@ -210,17 +211,19 @@ class BertSelfAttention(nn.Module):
         elif past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        dropout = self.dropout_p if self.training else 0.0
+        dropout_p = self.dropout_p if self.training else 0.0
         probs = None
-        if output_attentions or impl == "eager":
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, S, S_total)
+        # with probability dropout, torch's CPU SDPA takes its unfused math path and draws the mask
+        # with bernoulli_: the same math here, with medvill's cheaper CPU dropout mask
+        if output_attentions or impl == "eager" or (dropout_p > 0 and q.device.type == "cpu" and impl == "sdpa"):
+            scores = (q / math.sqrt(self.head_dim)) @ k.transpose(-1, -2)  # (B, H, S, S_total); q is the smaller
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
-            ctx = F.dropout(probs, dropout, self.training) @ v
+            ctx = dropout(probs, dropout_p, self.training) @ v
             if not output_attentions:
                 probs = None
         elif impl == "flex":
-            if dropout > 0:
+            if dropout_p > 0:
                 raise RuntimeError(
                     "attn_implementation='flex' has no attention-probability dropout; train with "
                     "model.attention_probs_dropout_prob=0 or use attn_implementation='sdpa'"
@@ -233,7 +236,7 @@ class BertSelfAttention(nn.Module):
                 )
             ctx = _flex_attention()(q, k, v, block_mask=block_mask)
         else:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         b, _, s, _ = ctx.shape
         ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
         return ctx, (k, v), probs
@@ -244,7 +247,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -272,7 +275,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)

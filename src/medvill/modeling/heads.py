@@ -15,6 +15,7 @@ from torch import nn
 from ..config import MaskScheme, ModelConfig
 from .baselines import CNNTransformerModel, CNNTransformerOutput
 from .contrastive import label_aware_itc_loss, same_group, sample_hard_negatives
+from .dropout import Dropout
 from .encoder import _activation, init_bert_weights
 from .masks import pseudo_mask_attention
 from .medvill import MedViLLModel, MedViLLOutput
@@ -286,7 +287,7 @@ class _PooledTaskModel(PreTrainedModel):
             self.medvill = MedViLLModel(config, load_pretrained_backbone)
         else:
             self.cnn_transformer = CNNTransformerModel(config, load_pretrained_backbone)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     @property
     def body(self) -> MedViLLModel | CNNTransformerModel:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import MaskScheme, ModelConfig
+from .dropout import Dropout
 from .encoder import BertEncoder, BertPooler, KVCache, init_bert_weights
 from .masks import SequenceLayout, build_attention_mask, scheme_mask_mod, summary_indices, uses_cls_l
 from .pretrained import PreTrainedModel, register
@@ -46,7 +47,7 @@ class MedViLLEmbeddings(nn.Module):
         self.visual_projection = nn.Linear(visual_channels, d)
         self.visual_location_embeddings = nn.Embedding(cfg.num_visual_tokens, d)
         self.LayerNorm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def _special(self, token_id: int, position: int, type_id: int, batch: int) -> torch.Tensor:
         dev = self.word_embeddings.weight.device
