@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return convert_weights(model, weights)
 
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(max(batch_sizes), 3, mcfg.image_size, mcfg.image_size, generator=g).to(device)
+    # at least two images: batch 1 decodes two one at a time
+    images = torch.randn(max(2, *batch_sizes), 3, mcfg.image_size, mcfg.image_size, generator=g).to(device)
     copy_bw, read_bw = memory_bandwidth(device, 64 if args.quick else 512)
     fixed = {n: GenerationConfig(max_length=n, min_length=n) for n in lengths}
 

@@ -202,7 +202,9 @@ def test_weight_formats_convert_the_transformer_and_keep_outputs_close(model, va
         m = convert_weights(copy.deepcopy(model), weights)
         linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
         assert not linears  # every Linear converted (the pixel trunk has none; a CNN is left alone)
-        assert isinstance(m.medvill.encoder.layer[0].attention.self.query, kind)
+        attn = m.medvill.encoder.layer[0].attention.self
+        assert isinstance(attn.qkv, kind) and not hasattr(attn, "query")  # one fused product per layer
+        assert m.medvill.visual.channels_last  # the fp32 CNN runs NHWC
         assert isinstance(m.mlm_head.decoder, kind)  # the tied decoder gets its own copy; the embeddings stay fp32
         assert m.medvill.embeddings.word_embeddings.weight.dtype == torch.float32
         assert weight_bytes(m.medvill.encoder) < 0.6 * weight_bytes(fp32)
@@ -218,3 +220,29 @@ def test_weight_formats_convert_the_transformer_and_keep_outputs_close(model, va
         check_weights("fp16")
     with pytest.raises(ValueError, match="CPU only"):
         check_weights("int8", "cuda")
+
+
+def test_fused_qkv_and_the_once_made_mask_keep_the_outputs(model, images):
+    """fuse_qkv (the inference formats) changes only float rounding; the additive mask the
+    encoder makes once per call gives exactly what SDPA gives for the boolean mask."""
+    import copy
+
+    from medvill.modeling.weights import fuse_qkv
+
+    fused = fuse_qkv(copy.deepcopy(model))
+    with torch.no_grad():
+        feats = model.medvill.encode_image(images)
+        ids = torch.randint(5, model.config.vocab_size, (len(images), 6), generator=torch.Generator().manual_seed(0))
+        valid = torch.ones_like(ids, dtype=torch.bool)
+        ref = model.sequence_logprobs(ids, valid, feats)
+        torch.testing.assert_close(fused.sequence_logprobs(ids, valid, feats), ref, rtol=1e-5, atol=1e-5)
+    cfg = GenerationConfig(max_length=8)
+    assert generate(fused, images, cfg) == generate(model, images, cfg)
+
+    layer = model.medvill.encoder.layer[0]
+    h = torch.randn(2, 5, model.config.hidden_size)
+    mask = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1)) < 0.6
+    mask[:, :, torch.arange(5), torch.arange(5)] = True
+    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+    with torch.no_grad():
+        assert torch.equal(layer(h, mask)[0], layer(h, mask, bias=bias)[0])

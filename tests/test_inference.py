@@ -267,7 +267,7 @@ def test_smaller_weights_in_the_pipeline_and_the_command(tiny_demo_dir, records,
         assert low.weights == weights
         reports = low.generate(images, max_length=5)
         assert len(reports) == 3 and all(isinstance(r, str) for r in reports)
-        query = low._get("generation").model.medvill.encoder.layer[0].attention.self.query
+        query = low._get("generation").model.medvill.encoder.layer[0].attention.self.qkv
         assert isinstance(query, Bf16Linear if weights == "bf16" else torch.ao.nn.quantized.dynamic.Linear)
         probs = low.classify(images[0], records[0].text)
         assert max(abs(probs[k] - ref[k]) for k in ref) < 0.05

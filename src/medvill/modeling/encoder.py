@@ -189,6 +189,9 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
+        # set by medvill.modeling.weights.fuse_qkv (inference formats): one product for the three
+        # projections, their weights concatenated (query, key, value); None = the three layers
+        self.qkv: nn.Module | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (B, H, S, Dh)
         b, s, _ = x.shape
@@ -202,10 +205,14 @@ class BertSelfAttention(nn.Module):
         output_attentions: bool = False,
         impl: str = "sdpa",  # sdpa | eager | flex (output_attentions forces eager)
         block_mask: BlockMask | None = None,  # FlexAttention BlockMask for impl="flex"
+        bias: torch.Tensor | None = None,  # the mask as SDPA's additive float mask (0 / -inf), made once per call
     ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
-        q = self._split(self.query(hidden))
-        k = self._split(self.key(hidden))
-        v = self._split(self.value(hidden))
+        if self.qkv is not None:
+            q, k, v = (self._split(t) for t in self.qkv(hidden).chunk(3, dim=-1))
+        else:
+            q = self._split(self.query(hidden))
+            k = self._split(self.key(hidden))
+            v = self._split(self.value(hidden))
         if isinstance(past, CacheLayer):  # preallocated: written in place
             k, v = past.write(k, v)
         elif past is not None:
@@ -236,7 +243,8 @@ class BertSelfAttention(nn.Module):
                 )
             ctx = _flex_attention()(q, k, v, block_mask=block_mask)
         else:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if bias is None else bias,
+                                                 dropout_p=dropout_p)
         b, _, s, _ = ctx.shape
         ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
         return ctx, (k, v), probs
@@ -296,8 +304,9 @@ class BertLayer(nn.Module):
         output_attentions: bool = False,
         impl: str = "sdpa",
         block_mask: BlockMask | None = None,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
-        ctx, kv, probs = self.attention.self(hidden, mask, past, output_attentions, impl, block_mask)
+        ctx, kv, probs = self.attention.self(hidden, mask, past, output_attentions, impl, block_mask, bias)
         attn_out = self.attention.output(ctx, hidden)
         out = self.output(self.intermediate(attn_out), attn_out)
         return out, kv, probs
@@ -344,6 +353,13 @@ class BertEncoder(nn.Module):
         elif impl == "flex" and past_key_values is not None:
             impl = "sdpa"  # cached decoding steps: a block mask has nothing to skip
         block_mask = flex_block_mask(mask, mask_mod) if impl == "flex" else None
+        # SDPA turns a boolean mask into an additive one in every layer: once here instead
+        # (the same 0 / -inf values, so the same result; a decoding step has 12 layers and 2 queries)
+        bias = None
+        # (not under autocast, where the queries' dtype is the autocast one)
+        if (impl == "sdpa" and not (self.training and self.config.attention_probs_dropout_prob > 0)
+                and not torch.is_autocast_enabled(hidden.device.type)):
+            bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
         all_hidden = [hidden] if output_hidden_states else None
         all_attn: list[torch.Tensor] | None = [] if output_attentions else None
         cache: list[KVCache] | None = [] if use_cache else None
@@ -355,9 +371,9 @@ class BertEncoder(nn.Module):
                 past = past_key_values[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden, kv, probs = torch.utils.checkpoint.checkpoint(
-                    layer, hidden, mask, past, output_attentions, impl, block_mask, use_reentrant=False)
+                    layer, hidden, mask, past, output_attentions, impl, block_mask, bias, use_reentrant=False)
             else:
-                hidden, kv, probs = layer(hidden, mask, past, output_attentions, impl, block_mask)
+                hidden, kv, probs = layer(hidden, mask, past, output_attentions, impl, block_mask, bias)
             if cache is not None:
                 cache.append(kv)
             if all_hidden is not None:

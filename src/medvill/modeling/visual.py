@@ -86,8 +86,10 @@ def build_backbone(cfg: ModelConfig, load_pretrained: bool = True) -> tuple[nn.M
 class VisualEncoder(nn.Module):
     """Image ``(B, 3, H, W)`` -> features ``(B, K, C)`` in row-major grid order.
 
-    ``channels_last`` (set with :func:`medvill.train.memory.apply_memory_options`) runs the
-    CNN on NHWC tensors, the layout tensor-core convolutions prefer; the output is the same.
+    ``channels_last`` (:meth:`use_channels_last`, called by
+    :func:`medvill.train.memory.apply_memory_options` and the inference weight formats) runs the
+    CNN on NHWC tensors, which the convolution kernels prefer; the output is the same up to
+    float rounding.
     """
 
     channels_last: bool = False
@@ -96,6 +98,11 @@ class VisualEncoder(nn.Module):
         super().__init__()
         self.trunk, self.out_channels = build_backbone(cfg, load_pretrained)
         self.grid_size = cfg.grid_size
+
+    def use_channels_last(self) -> None:
+        """The CNN's weights and inputs in NHWC layout from now on."""
+        self.channels_last = True
+        self.trunk.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import ConfigError, TrainConfig
@@ -37,8 +36,7 @@ def apply_memory_options(model: nn.Module, cfg: TrainConfig, num_processes: int 
         if isinstance(module, BertEncoder):
             module.gradient_checkpointing = cfg.gradient_checkpointing
         if isinstance(module, VisualEncoder) and cfg.channels_last:
-            module.channels_last = True
-            module.trunk.to(memory_format=torch.channels_last)
+            module.use_channels_last()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             handle = module.__dict__.pop("_medvill_frozen", None)
