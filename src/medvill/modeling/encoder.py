@@ -224,7 +224,10 @@ class BertSelfAttention(nn.Module):
         # with bernoulli_: the same math here, with medvill's cheaper CPU dropout mask
         if output_attentions or impl == "eager" or (dropout_p > 0 and q.device.type == "cpu" and impl == "sdpa"):
             scores = (q / math.sqrt(self.head_dim)) @ k.transpose(-1, -2)  # (B, H, S, S_total); q is the smaller
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            if bias is not None:  # in place: no copy of the scores, and nothing to do for it in backward
+                scores.add_(bias)
+            else:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
             ctx = dropout(probs, dropout_p, self.training) @ v
             if not output_attentions:
@@ -353,12 +356,12 @@ class BertEncoder(nn.Module):
         elif impl == "flex" and past_key_values is not None:
             impl = "sdpa"  # cached decoding steps: a block mask has nothing to skip
         block_mask = flex_block_mask(mask, mask_mod) if impl == "flex" else None
-        # SDPA turns a boolean mask into an additive one in every layer: once here instead
-        # (the same 0 / -inf values, so the same result; a decoding step has 12 layers and 2 queries)
+        # SDPA turns a boolean mask into an additive one in every layer: once here instead (the same
+        # 0 / -inf values, so the same result; a decoding step has 12 layers and 2 queries).  The CPU
+        # training path with attention dropout adds it to the scores too.  Not under autocast, where
+        # the queries' dtype is the autocast one.
         bias = None
-        # (not under autocast, where the queries' dtype is the autocast one)
-        if (impl == "sdpa" and not (self.training and self.config.attention_probs_dropout_prob > 0)
-                and not torch.is_autocast_enabled(hidden.device.type)):
+        if impl == "sdpa" and not torch.is_autocast_enabled(hidden.device.type):
             bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
         all_hidden = [hidden] if output_hidden_states else None
         all_attn: list[torch.Tensor] | None = [] if output_attentions else None
