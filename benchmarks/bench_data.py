@@ -10,7 +10,9 @@ each paired with a synthetic report and its labels.  Measured in one run:
   cache: ``ReportPairDataset`` + ``ReportPairCollator`` exactly as ``medvill pretrain`` builds them
   (image decode, tensor, tokens, MLM masking, IRM pairing, batching), for each ``--workers``
   count; images/s over one full epoch, timed on the second epoch so that worker start-up is
-  excluded (``persistent_workers``);
+  excluded (``persistent_workers``), with the in-memory pixel cache
+  (``medvill.data.transforms.PIXEL_CACHE``) off; then over the raw sources with it on (what
+  the second epoch of a data set that fits in it costs);
 * the train step of the same preset (``_common.measure_train_step``: samples/s of a full
   pre-training step on this device).
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medvill.config import preset_config
     from medvill.data.prepare import load_prepared, prepare_cache
-    from medvill.data.transforms import Preprocess
+    from medvill.data.transforms import PIXEL_CACHE, Preprocess
     from medvill.tokenization import MedTokenizer
 
     device = pick_device(args.device)
@@ -136,12 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     prepared = load_prepared(cache)
 
     rows_raw = []
-    for label, recs in (("raw sources, preprocessed on the fly", records), ("prepared cache", prepared)):
-        for w in workers:
-            console.print(f"[dim]loader: {label}, {w} workers ...[/dim]")
-            with peak_memory(torch.device("cpu")) as mem:
-                rate = loader_rate(recs, tokenizer, mcfg, batch, w, args.seed)
-            rows_raw.append((f"DataLoader, {label}, workers={w}", rate, mem, label == "prepared cache", w))
+    runs = (("raw sources, preprocessed on the fly", records, 0), ("prepared cache", prepared, 0),
+            ("raw sources, second epoch from the in-memory pixel cache", records, PIXEL_CACHE.max_bytes))
+    for label, recs, cache_bytes in runs:
+        # the process-wide pixel cache would serve the timed second epoch from memory: off
+        # except for the row that measures it (a loader worker inherits the setting)
+        PIXEL_CACHE.clear()
+        limit, PIXEL_CACHE.max_bytes = PIXEL_CACHE.max_bytes, cache_bytes
+        try:
+            for w in workers:
+                console.print(f"[dim]loader: {label}, {w} workers ...[/dim]")
+                with peak_memory(torch.device("cpu")) as mem:
+                    rate = loader_rate(recs, tokenizer, mcfg, batch, w, args.seed)
+                rows_raw.append((f"DataLoader, {label}, workers={w}", rate, mem, label == "prepared cache", w))
+        finally:
+            PIXEL_CACHE.max_bytes = limit
+            PIXEL_CACHE.clear()
 
     console.print(f"[dim]train step: {preset}, batch {batch} ...[/dim]")
     train = measure_train_step(preset, batch, device, args.amp, "sdpa", steps, warmup=1)
