@@ -49,6 +49,52 @@ from _common import (  # noqa: E402
 PRESETS = ("tiny", "small", "base")
 
 
+def dropout_ab(preset: str, batch_size: int, device: torch.device, amp: str, attn: str,
+               channels_last: bool | None, rounds: int) -> dict:
+    """Step times with torch's dropout (``F.dropout``; attention dropout inside SDPA) and with
+    medvill's (:mod:`medvill.modeling.dropout`), alternating on one TrainStep."""
+    import time
+
+    import torch.nn.functional as F
+    from _common import TrainStep, sync
+
+    import medvill.modeling.dropout as md
+    import medvill.modeling.encoder as enc
+
+    step = TrainStep(preset, batch_size, device, amp, attn, channels_last=channels_last)
+    if step.mcfg.hidden_dropout_prob == 0 and step.mcfg.attention_probs_dropout_prob == 0:
+        raise SystemExit(f"--dropout-ab: the {preset} preset has no dropout")
+    medvill_dropout, forward = md.dropout, enc.BertSelfAttention.forward
+
+    def torch_attention(self, hidden, mask, past=None, output_attentions=False, impl="sdpa", block_mask=None,
+                        bias=None):  # SDPA with its own dropout, as before medvill's
+        q, k, v = (self._split(lin(hidden)) for lin in (self.query, self.key, self.value))
+        p = self.dropout_p if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        b, _, s, _ = ctx.shape
+        return ctx.transpose(1, 2).reshape(b, s, -1), (k, v), None
+
+    def use(name: str) -> None:
+        torch_dropout = name == "torch"
+        md.dropout = (lambda x, p, training=True: F.dropout(x, p, training)) if torch_dropout else medvill_dropout
+        enc.BertSelfAttention.forward = torch_attention if torch_dropout else forward
+
+    times: dict[str, list[float]] = {"torch": [], "medvill": []}
+    try:
+        step()  # warm-up
+        for _ in range(rounds):
+            for name in times:
+                use(name)
+                sync(device)
+                t = time.perf_counter()
+                step()
+                sync(device)
+                times[name].append(time.perf_counter() - t)
+    finally:
+        use("medvill")
+    return {"preset": preset, "batch_size": batch_size, "rounds": rounds, "times": times}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", choices=PRESETS, default=None, help="default: tiny small base")
@@ -67,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gemm-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--profile", action="store_true", help="top ops of one step of the last preset (torch.profiler)")
+    ap.add_argument("--dropout-ab", type=int, default=0, metavar="ROUNDS",
+                    help="also time the last preset's step with torch's dropout and with medvill's, alternating "
+                         "in one process for ROUNDS rounds (the preset must have dropout)")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny preset, small products, one step")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -94,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                                  profile=args.profile and i == len(presets) - 1, channels_last=args.channels_last)
         results.append(res)
 
+    ab = dropout_ab(presets[-1], args.batch_size or DEFAULT_BATCH[device.type][presets[-1]], device, args.amp,
+                    args.attn, args.channels_last, args.dropout_ab) if args.dropout_ab else None
+
     machine_line = machine(device)
     cmd = command(__file__, argv)
     rows = [[f"matmul {n}x{n} {name}", None, None, None, None, si(r),
@@ -119,6 +171,15 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[bold]top ops of one {r.preset} step (torch.profiler, by self time)[/bold]")
             print(r.profile_table, flush=True)
 
+    if ab is not None:
+        print_table(
+            f"Dropout A/B: one {presets[-1]} step, torch's dropout against medvill's", machine_line, cmd,
+            ["dropout", "best step s", "median step s", "samples/s (best)"],
+            [[name, min(ts), sorted(ts)[len(ts) // 2], ab["batch_size"] / min(ts)] for name, ts in ab["times"].items()],
+            notes=[f"{args.dropout_ab} rounds, alternating in one process (same model, batch and optimiser state "
+                   "chain); torch: F.dropout and SDPA's own attention dropout (bernoulli_ masks)"],
+        )
+
     by_preset = {r.preset: r for r in results}
     summary = {f"train_gemm_fraction_{p}": by_preset[p].achieved_flops / limit if p in by_preset else None
                for p in ("base", "small")}
@@ -128,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "amp": args.amp, "attn": args.attn, "channels_last": [r.channels_last for r in results], "matmul_n": gemm_n,
         "matmul_flops": rates,
         "results": [{k: v for k, v in vars(r).items() if k != "profile_table"} for r in results],
+        "dropout_ab": ab,
         "summary": summary,
     })
     targets = {"base": "0.60" if device.type == "cpu" else "0.45, bf16 MFU on a GPU", "small": "0.40"}

@@ -141,3 +141,28 @@ def test_train_retrieval_and_data_benchmarks_quick(tmp_path, capsys):
     lines = load("summarize").summary_lines(tmp_path)
     loader = next(line for line in lines if line.startswith("loader_over_train: "))
     assert "not measured" not in loader
+
+
+def test_dropout_ab_times_both_dropouts_and_restores_medvills(monkeypatch):
+    import dataclasses
+
+    import medvill.modeling.dropout as md
+    import medvill.modeling.encoder as enc
+
+    common = load("_common")
+    bench = load("bench_train")
+    real = common.bench_model_config
+
+    def with_dropout(preset, attn):
+        cfg, mcfg = real(preset, attn)
+        return cfg, dataclasses.replace(mcfg, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+    monkeypatch.setattr(common, "bench_model_config", with_dropout)
+    before = (md.dropout, enc.BertSelfAttention.forward)
+    out = bench.dropout_ab("tiny", 2, torch.device("cpu"), "fp32", "sdpa", None, 2)
+    assert {k: len(v) for k, v in out["times"].items()} == {"torch": 2, "medvill": 2}
+    assert all(t > 0 for ts in out["times"].values() for t in ts)
+    assert (md.dropout, enc.BertSelfAttention.forward) == before
+    monkeypatch.setattr(common, "bench_model_config", real)
+    with pytest.raises(SystemExit, match="no dropout"):
+        bench.dropout_ab("tiny", 2, torch.device("cpu"), "fp32", "sdpa", None, 1)
