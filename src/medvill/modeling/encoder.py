@@ -9,7 +9,11 @@ for S2S decoding is simple here.
 Attention kernels (``model.attn_implementation``; all give the same result to float
 tolerance, tested):
 
-* ``sdpa`` (default): ``torch.nn.functional.scaled_dot_product_attention`` with the boolean mask.
+* ``sdpa`` (default): ``torch.nn.functional.scaled_dot_product_attention`` with the mask as an
+  additive float mask made once per call.  Training on the CPU with attention-probability
+  dropout takes the explicit softmax path instead, with :mod:`medvill.modeling.dropout`'s mask
+  (torch's CPU SDPA would take its unfused math path there anyway and draw its mask with the
+  much slower ``bernoulli_``).
 * ``eager``: the explicit softmax path (always used when attention probabilities are
   requested, e.g. for attention maps).
 * ``flex``: FlexAttention (``torch.nn.attention.flex_attention``, compiled with
@@ -220,8 +224,8 @@ class BertSelfAttention(nn.Module):
             v = torch.cat([past[1], v], dim=2)
         dropout_p = self.dropout_p if self.training else 0.0
         probs = None
-        # with probability dropout, torch's CPU SDPA takes its unfused math path and draws the mask
-        # with bernoulli_: the same math here, with medvill's cheaper CPU dropout mask
+        # with attention-probability dropout torch's CPU SDPA takes its unfused math path and draws
+        # the mask with bernoulli_: the same math here, with medvill's cheaper CPU dropout mask
         if output_attentions or impl == "eager" or (dropout_p > 0 and q.device.type == "cpu" and impl == "sdpa"):
             scores = (q / math.sqrt(self.head_dim)) @ k.transpose(-1, -2)  # (B, H, S, S_total); q is the smaller
             if bias is not None:  # in place: no copy of the scores, and nothing to do for it in backward

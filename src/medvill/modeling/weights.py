@@ -13,7 +13,9 @@ token or two, so on a CPU its time is the time to stream those bytes from memory
   each call's input quantised from its own range; a quarter of the bytes).  CPU only.
 
 The CNN and the embeddings stay float32 in every format (the CNN runs once per image, and an
-embedding step reads one row per token).  :func:`convert_weights` rewrites a loaded model in
+embedding step reads one row per token).  Both smaller formats also compute each layer's
+query, key and value projections as one product (:func:`fuse_qkv`: one int8 call instead of
+three) and run the CNN in channels_last (NHWC) memory layout.  :func:`convert_weights` rewrites a loaded model in
 place; a converted model is for inference only (no training, no ``save_pretrained``).  How far
 each format moves the outputs (tokens, BLEU-4, clinical efficacy) is measured in
 BENCHMARKS.md.
@@ -98,6 +100,8 @@ def convert_weights(model: nn.Module, weights: str) -> nn.Module:
     check_weights(weights)
     if weights == "fp32":
         return model
+    if weights == "int8" and any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("weights='int8' runs on the CPU only: move the model to the CPU first")
     model.eval()
     fuse_qkv(model)
     for m in model.modules():  # the fp32 CNN in NHWC: 0.22 -> 0.19 s for a 512 px ResNet-50 image (BENCHMARKS.md)
@@ -105,8 +109,6 @@ def convert_weights(model: nn.Module, weights: str) -> nn.Module:
             m.use_channels_last()
     names = _converted_linears(model)
     if weights == "int8":
-        if any(p.device.type != "cpu" for p in model.parameters()):
-            raise ValueError("weights='int8' runs on the CPU only: move the model to the CPU first")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torchao is its successor)
