@@ -132,7 +132,8 @@ def test_train_retrieval_and_data_benchmarks_quick(tmp_path, capsys):
     retrieval = json.loads((tmp_path / "retrieval.json").read_text())
     assert retrieval["cnn_passes"] == {"cached": 20, "uncached": 40}
     data = json.loads((tmp_path / "data.json").read_text())
-    assert data["summary"]["loader_over_train"] > 0 and len(data["loaders"]) == 4
+    assert data["summary"]["loader_over_train"] > 0 and len(data["loaders"]) == 6
+    assert sum("in-memory pixel cache" in row["what"] for row in data["loaders"]) == 2  # its own rows
     text = capsys.readouterr().out
     assert "aten::" in text  # the profiler table
     attention = json.loads((tmp_path / "attention.json").read_text())
