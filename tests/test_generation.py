@@ -246,3 +246,32 @@ def test_fused_qkv_and_the_once_made_mask_keep_the_outputs(model, images):
     bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
     with torch.no_grad():
         assert torch.equal(layer(h, mask)[0], layer(h, mask, bias=bias)[0])
+
+
+def test_evaluation_decodes_at_most_decode_batch_size_rows_at_once(model, images, monkeypatch):
+    """eval.decode_batch_size caps the rows (images x beams) of one generate call; the reports
+    are the same as a whole loader batch decoded together, in index order."""
+    import medvill.tasks.generation as tg
+    from medvill.config import ConfigError, load_config
+
+    class Tok:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    batch = {"images": torch.cat([images, images.flip(0)]), "index": torch.tensor([5, 0, 3, 1, 4, 2])}
+    calls = []
+    real = tg.generate
+    monkeypatch.setattr(tg, "generate", lambda m, imgs, cfg: calls.append(len(imgs)) or real(m, imgs, cfg))
+    task = tg.GenerationTask()
+    greedy, beams = GenerationConfig(max_length=5), GenerationConfig(max_length=5, num_beams=2)
+    whole = task.generate_reports(model, [batch], Tok(), greedy)
+    assert calls == [6]
+    calls.clear()
+    assert task.generate_reports(model, [batch], Tok(), greedy, max_rows=4) == whole
+    assert calls == [4, 2]
+    calls.clear()
+    assert task.generate_reports(model, [batch], Tok(), beams, max_rows=4) == task.generate_reports(
+        model, [batch], Tok(), beams)
+    assert calls[:3] == [2, 2, 2]  # 2 beams: 2 images (4 rows) a call
+    with pytest.raises(ConfigError, match="decode_batch_size"):
+        load_config("tiny", None, ["eval.decode_batch_size=0"])

@@ -65,7 +65,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "finetune.backbone_lr": _GE0, "finetune.image_only_prob": _PROB, "finetune.retrieval_itc_weight": _GE0,
     "eval.n_candidates": (2, None, True, True), "eval.max_queries": _GE1, "eval.seed": _GE0, "eval.num_beams": _GE1,
     "eval.max_length": _GE1, "eval.length_penalty": (None, None, True, True), "eval.no_repeat_ngram_size": _GE0,
-    "eval.rerank_k": _GE0,
+    "eval.rerank_k": _GE0, "eval.decode_batch_size": _GE1,
     "baseline.tienet_loss_weight": _PROB, "baseline.tienet_hops": _GE1,
 }
 

@@ -298,6 +298,9 @@ class EvalConfig:
     max_length: int | None = None  # generation: report tokens (None = model.max_text_len - 1)
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # generation: the most decoding rows (images x beams) at once, each holding its own key/value
+    # cache (a base report's is about 38 MB): a loader batch larger than this is decoded in parts
+    decode_batch_size: int = 32
     # retrieval: one or more of RETRIEVAL_PROTOCOLS, a list or comma-separated (trials,5x200,full_pool)
     retrieval_protocol: str | list[str] = "trials"
     rerank_k: int = 32  # retrieval 5x200 / full_pool: stage-1 candidates re-ranked per query (0 = exhaustive)

@@ -7,8 +7,8 @@ sample of them, [SEP] included.  Model selection: perplexity of the validation r
 (lower is better).
 Evaluation generates free-running (greedy or beam; :mod:`medvill.generation`) and reports
 BLEU-4, clinical efficacy (our labeler on generated vs reference) and perplexity.  The test
-images are decoded a loader batch (``train.batch_size``) at a time, each batch together (a
-report that ends leaves its batch; every report is the one its image gets alone).
+images are decoded together, at most ``eval.decode_batch_size`` decoding rows (images x beams)
+at a time (a report that ends leaves its batch; every report is the one its image gets alone).
 """
 
 from __future__ import annotations
@@ -91,13 +91,19 @@ class GenerationTask:
 
     @torch.no_grad()
     def generate_reports(self, model: nn.Module, loader: DataLoader, tokenizer: MedTokenizer,
-                         cfg: GenerationConfig) -> list[str]:
+                         cfg: GenerationConfig, max_rows: int | None = None) -> list[str]:
+        """The loader's images' reports, in index order; ``max_rows`` caps the decoding rows
+        (images x beams) of one :func:`generate` call (None: a loader batch at a time)."""
         generative = _generative(model)
         out: list[tuple[int, str]] = []
         device = next(model.parameters()).device
         for batch in loader:
-            ids = generate(generative, batch["images"].to(device), cfg)
-            out += [(int(i), tokenizer.decode(t)) for i, t in zip(batch["index"].tolist(), ids, strict=True)]
+            n = len(batch["images"])
+            step = n if max_rows is None else max(1, max_rows // max(1, cfg.num_beams))
+            for start in range(0, n, step):
+                ids = generate(generative, batch["images"][start:start + step].to(device), cfg)
+                index = batch["index"][start:start + step].tolist()
+                out += [(int(i), tokenizer.decode(t)) for i, t in zip(index, ids, strict=True)]
         return [text for _, text in sorted(out)]
 
 
@@ -162,7 +168,7 @@ def evaluate_generation(ctx: EvalContext) -> dict[str, dict[str, Any]]:
     loader_ = loader(ds, ctx.cfg, tok, train=False, collate=ReportPairCollator(tok.pad_id))
     gen_cfg = GenerationConfig(max_length=e.max_length or mcfg.max_text_len - 1, num_beams=e.num_beams,
                                length_penalty=e.length_penalty, no_repeat_ngram_size=e.no_repeat_ngram_size)
-    hyps = task.generate_reports(model, loader_, tok, gen_cfg)
+    hyps = task.generate_reports(model, loader_, tok, gen_cfg, max_rows=e.decode_batch_size)
     refs = [r.text for r in records]
     nll, n_tokens = task.reference_scores(model, loader_)
     scores = GenerationScores(hyps, refs, label_reports(hyps), label_reports(refs), nll, n_tokens)
